@@ -1,0 +1,1 @@
+"""Push gateway: live per-user updates over Socket.IO, fanned out through Redis."""

@@ -1,0 +1,78 @@
+"""Client authentication: a JWT whose ``sub`` is the user, checked with PyJWT.
+
+The user of a connection is always the token's user; nothing a client sends
+later can name another.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway import protocol
+from gateway.config import Config
+from gateway.errors import AuthError, ConfigError
+
+#: Claims every token must carry.
+REQUIRED_CLAIMS = ("sub", "exp")
+
+
+def _verification_key(config: Config) -> tuple[object, list[str]]:
+    if config.jwt_secret is not None:
+        return config.jwt_secret, ["HS256"]
+    if config.jwt_public_key is None:
+        raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it or GATEWAY_JWT_PUBLIC_KEY")
+    try:
+        key = load_pem_public_key(config.jwt_public_key.encode())
+    except ValueError as exc:
+        raise ConfigError("GATEWAY_JWT_PUBLIC_KEY", f"cannot load the key: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key, ["ES256"]
+    raise ConfigError("GATEWAY_JWT_PUBLIC_KEY", "must be an RSA key (RS256) or a P-256 EC key (ES256)")
+
+
+class TokenVerifier:
+    """Turns a token into a user id, or raises :class:`AuthError`."""
+
+    def __init__(self, config: Config) -> None:
+        self._key, self._algorithms = _verification_key(config)
+        self._audience = config.jwt_audience
+        self._issuer = config.jwt_issuer
+
+    def verify(self, token: str | None) -> str:
+        if not token:
+            raise AuthError("missing_token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,  # type: ignore[arg-type]
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": list(REQUIRED_CLAIMS), "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired_token") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError("invalid_token", str(exc)) from None
+        try:
+            return protocol.user_id(claims["sub"])
+        except ValueError as exc:
+            raise AuthError("invalid_token", str(exc)) from None
+
+
+def mint_token(config: Config, user: str | int, ttl_seconds: int = 3600) -> str:
+    """Sign a token for ``user`` with the configured HS256 secret (tests, demo, operators)."""
+    if config.jwt_secret is None:
+        raise ConfigError("GATEWAY_JWT_SECRET", "is needed to mint tokens (an RS256/ES256 key only verifies)")
+    claims: dict[str, object] = {"sub": protocol.user_id(user), "exp": int(time.time()) + ttl_seconds}
+    if config.jwt_audience:
+        claims["aud"] = config.jwt_audience
+    if config.jwt_issuer:
+        claims["iss"] = config.jwt_issuer
+    return jwt.encode(claims, config.jwt_secret, algorithm="HS256")

@@ -1,0 +1,98 @@
+"""The ``gateway`` command: publish, mint a token, check the configuration, run the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from gateway import logs
+from gateway.auth import mint_token
+from gateway.config import Config
+from gateway.errors import ConfigError, GatewayError
+from gateway.publisher import Publisher
+
+
+def _config(server: bool = False) -> Config:
+    config = Config.from_env(server=server)
+    logs.configure(config.log_level, config.log_format)
+    return config
+
+
+@click.group()
+def cli() -> None:
+    """Operate the push gateway. Settings come from GATEWAY_* variables."""
+
+
+@cli.command()
+@click.argument("user")
+@click.argument("topic")
+@click.argument("data")
+def publish(user: str, topic: str, data: str) -> None:
+    """Publish DATA (JSON) to USER's TOPIC; print the update's seq."""
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    with Publisher(config=_config()) as publisher:
+        try:
+            seq = publisher.publish(user, topic, payload)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(seq)
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--ttl", default=3600, show_default=True, help="Seconds the token stays valid.")
+def token(user: str, ttl: int) -> None:
+    """Mint a token for USER with GATEWAY_JWT_SECRET (tests and demos)."""
+    try:
+        click.echo(mint_token(_config(), user, ttl))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="USER") from None
+
+
+@cli.command("check-config")
+def check_config() -> None:
+    """Validate the environment and print the effective settings, secrets masked."""
+    for variable, value in _config(server=True).describe().items():
+        click.echo(f"{variable}={value}")
+
+
+@cli.command()
+@click.option("--users", default=3, show_default=True, help="Demo users 1..N.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between rounds of updates.")
+@click.option("--rounds", default=0, help="Rounds to publish; 0 runs until interrupted.")
+def demo(users: int, interval: float, rounds: int) -> None:
+    """Publish changing balance, positions, PnL and orders for demo users."""
+    from gateway.demo import run
+
+    config = _config()
+    if config.jwt_secret:
+        click.echo(f"demo: publishing for users 1..{users}; a token for user 1:\n{mint_token(config, 1, 24 * 3600)}")
+    try:
+        run(config, users=users, interval=interval, rounds=rounds)
+    except KeyboardInterrupt:
+        click.echo("demo: stopped")
+
+
+def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    def main(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            sys.exit(f"gateway: {exc}")
+        except (GatewayError, RedisError) as exc:
+            logging.getLogger("gateway.cli").debug("command failed", exc_info=True)
+            sys.exit(f"gateway: {exc}")
+
+    return main
+
+
+main = _guarded(cli)

@@ -1,0 +1,230 @@
+"""Gateway configuration: one frozen dataclass, read from ``GATEWAY_*`` here only.
+
+Every field names its variable, default and meaning in its metadata; a bad
+value raises :class:`~gateway.errors.ConfigError` naming the variable, which
+every entry point turns into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlparse
+
+from gateway.errors import ConfigError
+from gateway.protocol import parse_topics
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRANSPORTS = frozenset({"websocket", "polling"})
+#: Shortest HS256 secret accepted: the length of the SHA-256 output (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds, got {value}")
+        return number
+
+    return parse
+
+
+def _redis_url(value: str) -> str:
+    scheme = urlparse(value.strip()).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, got {scheme or 'none'!r}")
+    return value.strip()
+
+
+def _bind(value: str) -> str:
+    if value.startswith("unix:"):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT or unix:PATH, got {value!r}")
+    return value
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not origins:
+        raise ValueError("must list at least one origin, or be unset for same origin only")
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' allows every origin and cannot be combined with others")
+    for origin in origins:
+        if origin != "*" and urlparse(origin).scheme not in ("http", "https"):
+            raise ValueError(f"{origin!r} is not an http(s) origin")
+    return origins
+
+
+def _transports(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = set(names) - TRANSPORTS
+    if unknown or not names:
+        raise ValueError(f"must be a comma list of websocket, polling; got {value!r}")
+    return names
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.upper() in allowed:
+            return value.upper()
+        if value.lower() in allowed:
+            return value.lower()
+        raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+
+    return parse
+
+
+def _pem_file(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path!r}: {exc}") from None
+    if "-----BEGIN PUBLIC KEY-----" not in text:
+        raise ValueError(f"{path!r} is not a PEM public key")
+    return text
+
+
+def _mask_password(url: str) -> str:
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def setting(variable: str, parse: Callable[[str], Any], help: str, **kwargs: Any) -> Any:
+    """A config field bound to its environment variable, parser and description."""
+    return field(metadata={"variable": variable, "parse": parse, "help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The gateway's settings. Build with :meth:`from_env`; never mutated."""
+
+    redis_url: str | None = setting(
+        "GATEWAY_REDIS_URL", _redis_url, "Redis URL: redis://, rediss://, unix:// or redis+sentinel://", default=None
+    )
+    bind: str = setting("GATEWAY_BIND", _bind, "gunicorn bind address", default="127.0.0.1:8000")
+    workers: int = setting("GATEWAY_WORKERS", _whole(1, 256), "gunicorn worker processes", default_factory=_cpu_count)
+    jwt_secret: str | None = setting("GATEWAY_JWT_SECRET", _text, "HS256 key for client tokens", default=None, repr=False)
+    jwt_public_key: str | None = setting(
+        "GATEWAY_JWT_PUBLIC_KEY", _pem_file, "path to a PEM public key (RS256 or ES256)", default=None, repr=False
+    )
+    jwt_audience: str | None = setting("GATEWAY_JWT_AUDIENCE", _text, "required token audience", default=None)
+    jwt_issuer: str | None = setting("GATEWAY_JWT_ISSUER", _text, "required token issuer", default=None)
+    topics: tuple[str, ...] = setting(
+        "GATEWAY_TOPICS", parse_topics, "private per-user topics", default=("balance", "positions", "pnl", "orders")
+    )
+    cors_origins: tuple[str, ...] | None = setting(
+        "GATEWAY_CORS_ORIGINS", _origins, "allowed browser origins; unset: same origin only", default=None
+    )
+    transports: tuple[str, ...] = setting(
+        "GATEWAY_TRANSPORTS", _transports, "Engine.IO transports; polling needs one worker", default=("websocket",)
+    )
+    ping_interval: float = setting("GATEWAY_PING_INTERVAL", _seconds(1, 3600), "seconds between pings", default=25.0)
+    ping_timeout: float = setting("GATEWAY_PING_TIMEOUT", _seconds(1, 3600), "seconds to wait for a pong", default=60.0)
+    max_message_bytes: int = setting(
+        "GATEWAY_MAX_MESSAGE_BYTES", _whole(256, 16 * 1024 * 1024), "largest inbound client message", default=65536
+    )
+    heartbeat_seconds: float = setting(
+        "GATEWAY_HEARTBEAT_SECONDS", _seconds(0.1, 3600), "worker liveness refresh", default=5.0
+    )
+    key_prefix: str = setting("GATEWAY_KEY_PREFIX", _text, "prefix of every Redis key the gateway owns", default="gw")
+    history_size: int = setting(
+        "GATEWAY_HISTORY_SIZE", _whole(1, 100_000), "updates kept per user and topic", default=100
+    )
+    log_level: str = setting("GATEWAY_LOG_LEVEL", _choice(*LOG_LEVELS), "log level", default="INFO")
+    log_format: str = setting("GATEWAY_LOG_FORMAT", _choice("text", "json"), "log format: text or json", default="text")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Config:
+        """Read and validate every ``GATEWAY_*`` variable.
+
+        ``server=True`` (workers, gunicorn) also requires the Redis URL and a
+        token key; a publisher needs neither from the environment.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            variable = spec.metadata["variable"]
+            raw = environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(variable, str(exc)) from None
+        config = cls(**values)
+        config.validate(server=server)
+        return config
+
+    def validate(self, *, server: bool = True) -> None:
+        """Check the rules that join several variables."""
+        if "polling" in self.transports and self.workers > 1:
+            raise ConfigError(
+                "GATEWAY_TRANSPORTS",
+                f"polling needs GATEWAY_WORKERS=1 (got {self.workers}): a polling session must stay on one worker",
+            )
+        if self.ping_timeout < self.ping_interval / 10:
+            raise ConfigError("GATEWAY_PING_TIMEOUT", "is too short for GATEWAY_PING_INTERVAL")
+        if self.jwt_secret is not None and self.jwt_public_key is not None:
+            raise ConfigError("GATEWAY_JWT_SECRET", "set only one of GATEWAY_JWT_SECRET and GATEWAY_JWT_PUBLIC_KEY")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError("GATEWAY_JWT_SECRET", f"must be at least {MIN_SECRET_BYTES} bytes for HS256")
+        if not server:
+            return
+        if self.redis_url is None:
+            raise ConfigError("GATEWAY_REDIS_URL", "is not set (make run starts a local Redis for you)")
+        if self.jwt_secret is None and self.jwt_public_key is None:
+            raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it or GATEWAY_JWT_PUBLIC_KEY")
+
+    def describe(self) -> dict[str, str]:
+        """The effective settings by variable, secrets masked."""
+        shown = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if not spec.repr and value is not None:
+                value = "(set)"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            elif spec.name == "redis_url" and value is not None:
+                value = _mask_password(value)
+            shown[spec.metadata["variable"]] = "" if value is None else str(value)
+        return shown
+
+    @property
+    def channel(self) -> str:
+        """The Redis pub/sub channel of the fan-out (Flask-SocketIO's default)."""
+        return "flask-socketio"

@@ -1,0 +1,136 @@
+"""``make run``: the gateway on one machine, from nothing, with a demo publisher.
+
+Starts a private ``redis-server`` (when ``GATEWAY_REDIS_URL`` is unset) on a
+Unix socket in a temporary folder, gunicorn with ``gunicorn.conf.py`` and two
+workers, and the demo publisher; logs a token and how to connect; stops all
+three on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from gateway import demo, logs
+from gateway.auth import mint_token
+from gateway.config import Config
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway.run")
+
+START_SECONDS = 20.0
+STOP_SECONDS = 25.0
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` until true; raise ``TimeoutError`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {seconds:g} s")
+        time.sleep(0.05)
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        raise ConfigError("GATEWAY_REDIS_URL", "is unset and redis-server is not on PATH (apt-get install redis-server)")
+    sock = folder / "redis.sock"
+    process = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / "redis.log")],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+    client = redis.Redis.from_url(url)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, FileNotFoundError):
+            return False
+
+    wait_for(answers, START_SECONDS, "redis-server")
+    return process, url
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("GATEWAY_WORKERS", "2")
+    if not env.get("GATEWAY_JWT_SECRET") and not env.get("GATEWAY_JWT_PUBLIC_KEY"):
+        env["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(32)
+    logs.configure(env.get("GATEWAY_LOG_LEVEL", "INFO").upper(), env.get("GATEWAY_LOG_FORMAT", "text").lower())
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    redis_process = gunicorn = None
+    with tempfile.TemporaryDirectory(prefix="gateway-run-") as folder:
+        try:
+            if not env.get("GATEWAY_REDIS_URL"):
+                redis_process, env["GATEWAY_REDIS_URL"] = start_redis(Path(folder))
+                log.info("embedded redis-server at %s", env["GATEWAY_REDIS_URL"])
+            config = Config.from_env(env)
+            gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"], env=env)
+            base = f"http://{config.bind}"
+            wait_for(lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None, START_SECONDS, "gateway")
+            if gunicorn.poll() is not None:
+                return gunicorn.returncode or 1
+            publisher = threading.Thread(
+                target=demo.run, args=(config,), kwargs={"users": 3, "interval": 1.0, "rounds": 0, "stop": stopping},
+                daemon=True,
+            )
+            publisher.start()
+            log.info(
+                "gateway ready on %s (2 workers), demo updates every second for users 1-3.\n"
+                "  token for user 1: %s\n"
+                "  connect: python -m gateway.watch %s <token>   (Ctrl-C here stops everything)",
+                base, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)", base,
+            )
+            while not stopping.is_set() and gunicorn.poll() is None:
+                stopping.wait(0.5)
+        except KeyboardInterrupt:
+            log.info("stopping")
+        except (ConfigError, TimeoutError) as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            stopping.set()
+            stop(gunicorn)
+            stop(redis_process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

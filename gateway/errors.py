@@ -1,0 +1,55 @@
+"""The gateway's exceptions: one root, a few kinds, each caught by name.
+
+The exceptions that mean "the client is gone" are not here: they belong to
+the transport and are listed once, in :mod:`gateway.cleanup`.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every exception the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration variable is missing or wrong.
+
+    Every entry point turns it into one line, ``VARIABLE: reason``, and a
+    non-zero exit status.
+    """
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+class AuthError(GatewayError):
+    """A connection's token is missing, invalid or expired.
+
+    ``reason`` is the code sent to the client in ``connect_error``:
+    ``missing_token``, ``invalid_token`` or ``expired_token``.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class BadRequest(GatewayError):
+    """A client message the gateway cannot act on.
+
+    Answered with the error ack; the connection stays up.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def ack(self) -> dict[str, object]:
+        return {"ok": False, "error": self.code, "message": self.message}
+
+
+class PublishError(GatewayError):
+    """Redis could not take a publish: the update was not sent."""

@@ -1,0 +1,149 @@
+"""Where a client message enters: the Socket.IO event handlers.
+
+Each handler answers every payload, however malformed, with an ack and
+never raises: a client mistake gets the error ack, a Redis failure the
+``unavailable`` ack, and an unexpected fault is logged once at ERROR and
+answered ``internal``. The user of every action is the connection's token
+user, so no payload can reach another user's rooms or records.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import request
+from flask_socketio import SocketIO, join_room, leave_room, rooms
+from redis.exceptions import RedisError
+from socketio.exceptions import ConnectionRefusedError as SocketIORefused
+
+from gateway import metrics, protocol
+from gateway.auth import TokenVerifier
+from gateway.cleanup import release_connection
+from gateway.errors import AuthError, BadRequest
+from gateway.logs import FaultOnce
+from gateway.subscriptions import Registry
+
+log = logging.getLogger(__name__)
+
+Ack = dict[str, Any]
+UNAVAILABLE = BadRequest("unavailable", "The subscription store is unavailable; try again shortly.")
+INTERNAL = BadRequest("internal", "The gateway could not handle this message.")
+NOT_CONNECTED = BadRequest("not_connected", "This connection is not authenticated.")
+
+
+class Unauthorized(SocketIORefused):  # type: ignore[misc]
+    """Refuses a connection with the contract's ``connect_error`` data.
+
+    ``data`` repeats the reason for the JavaScript client, which exposes only
+    ``message`` and ``data`` of the error.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("unauthorized")
+        self.error_args = {"message": "unauthorized", "reason": reason, "data": {"reason": reason}}
+
+
+def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
+    """Turn an unexpected exception in ``handler`` into one ERROR line and the ``internal`` ack."""
+
+    @functools.wraps(handler)
+    def guarded(*args: Any) -> Ack:
+        try:
+            return handler(*args)
+        except Exception:
+            log.exception("%s handler failed", handler.__name__, extra={"sid": request.sid})
+            return INTERNAL.ack()
+
+    return guarded
+
+
+class Gateway:
+    """The handlers of one worker, bound to its registry and token verifier."""
+
+    def __init__(self, registry: Registry, verifier: TokenVerifier, topics: tuple[str, ...]) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.topics = frozenset(topics)
+        self.users: dict[str, str] = {}
+        self._redis_fault = FaultOnce(log, "subscription store unavailable")
+
+    def register(self, socketio: SocketIO) -> None:
+        socketio.on_event("connect", self.connect)
+        socketio.on_event("disconnect", self.disconnect)
+        socketio.on_event("subscribe", self.subscribe)
+        socketio.on_event("unsubscribe", self.unsubscribe)
+
+    def connect(self, auth: object = None) -> None:
+        token = protocol.token_from(auth, request.headers.get("Authorization"), request.args)
+        try:
+            user = self.verifier.verify(token)
+        except AuthError as exc:
+            metrics.CONNECT_REFUSED.labels(reason=exc.reason).inc()
+            log.debug("connection refused: %s", exc, extra={"sid": request.sid})
+            raise Unauthorized(exc.reason) from None
+        self.users[request.sid] = user
+        metrics.CONNECTIONS.inc()
+        log.debug("connected", extra={"user": user, "sid": request.sid})
+
+    def disconnect(self, reason: object = None) -> None:
+        sid = request.sid
+        user = self.users.pop(sid, None)
+        if user is None:
+            return
+        metrics.CONNECTIONS.dec()
+        release_connection(self.registry, sid, user=user)
+
+    @answers
+    def subscribe(self, payload: object = None, *_extra: object) -> Ack:
+        sid, user = request.sid, self.users.get(request.sid)
+        if user is None:
+            return NOT_CONNECTED.ack()
+        try:
+            wanted = protocol.parse_subscribe(payload, self.topics)
+        except BadRequest as exc:
+            return self._refuse(exc, user)
+        rooms = [protocol.room_name(topic, user) for topic in wanted.topics]
+        for room in rooms:
+            join_room(room)
+        try:
+            seqs = self.registry.subscribe(sid, user, wanted.topics)
+        except RedisError:
+            self._redis_fault.fault(user=user, sid=sid)
+            for room in rooms:
+                leave_room(room)
+            return UNAVAILABLE.ack()
+        self._redis_fault.clear()
+        if sid not in self.users:  # disconnected while Redis answered
+            release_connection(self.registry, sid, user=user)
+        for topic in wanted.topics:
+            metrics.SUBSCRIBES.labels(topic=topic).inc()
+        return {"ok": True, "topics": {t: {"seq": seqs[t]} for t in wanted.topics}, "rejected": wanted.rejected}
+
+    @answers
+    def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
+        sid, user = request.sid, self.users.get(request.sid)
+        if user is None:
+            return NOT_CONNECTED.ack()
+        try:
+            topics = protocol.parse_unsubscribe(payload, self.topics)
+        except BadRequest as exc:
+            return self._refuse(exc, user)
+        joined = set(rooms(sid))
+        held = [t for t in (topics or sorted(self.topics)) if protocol.room_name(t, user) in joined]
+        try:
+            self.registry.release(sid, topics)
+        except RedisError:
+            self._redis_fault.fault(user=user, sid=sid)
+            return UNAVAILABLE.ack()
+        self._redis_fault.clear()
+        for topic in held:
+            leave_room(protocol.room_name(topic, user))
+        return {"ok": True, "topics": held}
+
+    def _refuse(self, exc: BadRequest, user: str) -> Ack:
+        metrics.BAD_REQUESTS.labels(error=exc.code).inc()
+        log.debug("bad request: %s", exc.message, extra={"user": user, "sid": request.sid})
+        return exc.ack()

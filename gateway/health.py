@@ -1,0 +1,47 @@
+"""The operator's HTTP endpoints: ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Blueprint, Response, jsonify
+from redis.exceptions import RedisError
+
+from gateway import metrics
+
+#: A check returns ``None`` when ready, else the reason it is not.
+Check = Callable[[], "str | None"]
+
+
+def blueprint(checks: list[Check]) -> Blueprint:
+    """Routes for liveness, readiness (every check passes) and metrics."""
+    routes = Blueprint("health", __name__)
+
+    @routes.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @routes.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        reasons = [reason for reason in (check() for check in checks) if reason]
+        if reasons:
+            return jsonify(status="not ready", reasons=reasons), 503
+        return jsonify(status="ready"), 200
+
+    @routes.get("/metrics")
+    def metrics_text() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    return routes
+
+
+def redis_answers(ping: Callable[[], object]) -> Check:
+    def check() -> str | None:
+        try:
+            ping()
+        except RedisError as exc:
+            return f"redis: {exc}"
+        return None
+
+    return check

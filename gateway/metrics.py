@@ -1,0 +1,48 @@
+"""Prometheus metrics, summed over every gunicorn worker.
+
+prometheus-client's multiprocess mode is on when ``PROMETHEUS_MULTIPROC_DIR``
+is set before this module is imported; ``gunicorn.conf.py`` sets it in the
+master, so every worker writes its own files and ``/metrics`` adds them up.
+Without it (a single process, tests of one app) the default registry serves.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import multiprocess
+
+CONNECTIONS = Gauge(
+    "gateway_connections", "Open client connections.", multiprocess_mode="livesum"
+)
+CONNECT_REFUSED = Counter(
+    "gateway_connect_refused_total", "Connections refused, by reason.", ["reason"]
+)
+BAD_REQUESTS = Counter(
+    "gateway_bad_requests_total", "Client messages answered with an error ack, by error code.", ["error"]
+)
+SUBSCRIBES = Counter(
+    "gateway_subscribes_total", "Topics subscribed, by topic.", ["topic"]
+)
+SEND_FAILURES = Counter(
+    "gateway_send_failures_total", "Writes to a client that failed, by reason (client_gone is normal).", ["reason"]
+)
+REDIS_RECONNECTS = Counter(
+    "gateway_redis_reconnects_total", "Times the fan-out listener reconnected to Redis."
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every worker's metrics, and its content type."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (called by the gunicorn master)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)

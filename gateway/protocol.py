@@ -1,0 +1,196 @@
+"""The sans-I/O core: names, client payloads and update envelopes.
+
+Pure functions only: nothing here imports redis or socketio, so every rule a
+client or a publisher can hit is tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.errors import BadRequest
+
+#: Topic names: lower case, no ``_`` (the room separator) and no ``:``.
+TOPIC_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: User ids as they travel in tokens, rooms and Redis keys.
+USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@|:-]{0,127}")
+#: Most topics one subscribe may name; more is a malformed request.
+MAX_TOPICS_PER_REQUEST = 64
+#: The Socket.IO namespace every client uses.
+NAMESPACE = "/"
+
+
+def is_topic_name(value: object) -> bool:
+    return isinstance(value, str) and TOPIC_RE.fullmatch(value) is not None
+
+
+def user_id(value: object) -> str:
+    """Return the wire form of a user id (a string), or raise ``ValueError``.
+
+    Publishers may pass ints; tokens carry strings. Booleans are refused
+    because ``True`` would silently become user ``"True"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"user id must be a string or an int, not {type(value).__name__}")
+    text = str(value)
+    if USER_ID_RE.fullmatch(text) is None:
+        raise ValueError(f"user id {text[:40]!r} has characters outside [A-Za-z0-9._@|:-] or over 128")
+    return text
+
+
+def room_name(topic: str, user: str) -> str:
+    """The room that carries one user's updates of one topic: ``balance_4``."""
+    return f"{topic}_{user}"
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """A validated ``subscribe``: known topics in order, the rest rejected."""
+
+    topics: tuple[str, ...]
+    rejected: dict[str, str] = field(default_factory=dict)
+    since: dict[str, int] = field(default_factory=dict)
+
+
+def _topic_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise BadRequest("invalid_topics", "topics must be a topic name or a non-empty list of topic names.")
+    if len(value) > MAX_TOPICS_PER_REQUEST:
+        raise BadRequest("invalid_topics", f"at most {MAX_TOPICS_PER_REQUEST} topics may be named at once.")
+    if not all(isinstance(item, str) for item in value):
+        raise BadRequest("invalid_topics", "every topic must be a string.")
+    return list(dict.fromkeys(value))
+
+
+def _since(value: object) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest("invalid_since", "since must map topic names to the last seq received.")
+    for topic, seq in value.items():
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise BadRequest("invalid_since", f"since[{str(topic)[:40]!r}] must be a whole number of 0 or more.")
+    return dict(value)
+
+
+def parse_subscribe(payload: object, allowed: frozenset[str]) -> SubscribeRequest:
+    """Validate a ``subscribe`` payload against the configured topics.
+
+    Accepts ``{"topics": [...], "since": {...}}``, a bare list, or one string.
+    Unknown topics are rejected one by one; a malformed payload raises
+    :class:`BadRequest`.
+    """
+    since: object = None
+    if isinstance(payload, dict):
+        if "topics" not in payload:
+            raise BadRequest("invalid_topics", "subscribe needs a topics list.")
+        topics, since = payload["topics"], payload.get("since")
+    elif isinstance(payload, (list, str)):
+        topics = payload
+    else:
+        raise BadRequest("invalid_payload", "subscribe takes an object, a list of topics, or one topic.")
+    names = _topic_list(topics)
+    known = tuple(name for name in names if name in allowed)
+    rejected = {name[:64]: "unknown_topic" for name in names if name not in allowed}
+    marks = _since(since)
+    return SubscribeRequest(known, rejected, {t: s for t, s in marks.items() if t in known})
+
+
+def parse_unsubscribe(payload: object, allowed: frozenset[str]) -> tuple[str, ...] | None:
+    """Validate an ``unsubscribe`` payload; ``None`` means every topic."""
+    if payload is None or payload == {} or payload == []:
+        return None
+    if isinstance(payload, dict):
+        if payload.get("topics") in (None, []):
+            return None
+        payload = payload["topics"]
+    elif not isinstance(payload, (list, str)):
+        raise BadRequest("invalid_payload", "unsubscribe takes an object, a list of topics, or one topic.")
+    return tuple(name for name in _topic_list(payload) if name in allowed)
+
+
+def encode_data(data: object) -> str:
+    """Serialise an update's data as strict JSON, or raise ``ValueError``.
+
+    Decimals, datetimes, bytes, sets and NaN are refused here, before anything
+    is sent, instead of being dropped later by the message queue.
+    """
+    try:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"update data is not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A queue message split around its ``seq``: ``head + str(seq) + tail``.
+
+    The seq is only known inside the atomic Redis publish, which joins the
+    three parts, so the rest of the message is encoded once, here.
+    """
+
+    head: str
+    tail: str
+
+    def with_seq(self, seq: int) -> str:
+        return f"{self.head}{seq}{self.tail}"
+
+
+def update_envelope(*, topic: str, user: str, ts: float, data_json: str, host_id: str) -> Envelope:
+    """Build the message-queue form of one update, as Flask-SocketIO reads it.
+
+    The payload clients receive is ``{"topic", "user_id", "seq", "ts", "data"}``
+    emitted as event ``topic`` to room ``topic_user``.
+    """
+    if not math.isfinite(ts):
+        raise ValueError("ts must be finite")
+    head = (
+        '{"method":"emit","event":%s,"data":[{"topic":%s,"user_id":%s,"seq":'
+        % (json.dumps(topic), json.dumps(topic), json.dumps(user))
+    )
+    tail = ',"ts":%s,"data":%s}],"binary":false,"namespace":%s,"room":%s,' \
+        '"skip_sid":null,"callback":null,"host_id":%s}' % (
+            repr(round(ts, 6)), data_json, json.dumps(NAMESPACE),
+            json.dumps(room_name(topic, user)), json.dumps(host_id))
+    return Envelope(head, tail)
+
+
+def parse_topics(text: str) -> tuple[str, ...]:
+    """Parse ``GATEWAY_TOPICS``; raise ``ValueError`` naming the bad entry."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("must name at least one topic")
+    for name in names:
+        if not is_topic_name(name):
+            raise ValueError(f"{name!r} is not a topic name ([a-z][a-z0-9-]*, at most 32)")
+    return tuple(dict.fromkeys(names))
+
+
+def as_set(values: Iterable[bytes | str]) -> set[str]:
+    """Decode a Redis set reply into a set of strings."""
+    return {v.decode() if isinstance(v, bytes) else v for v in values}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """Extract the token of an ``Authorization: Bearer <jwt>`` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def token_from(auth: object, authorization: str | None, query: Mapping[str, str]) -> str | None:
+    """Find the connection's token: handshake auth, then header, then query."""
+    if isinstance(auth, dict):
+        token = auth.get("token")
+        if isinstance(token, str) and token:
+            return token
+    return bearer_token(authorization) or query.get("token") or None

@@ -1,0 +1,100 @@
+"""The subscription registry: who is subscribed to what, kept true in Redis.
+
+Guarantees:
+
+- Every write is one Lua script (``gateway/lua``), so subscribe, unsubscribe
+  and release from any number of workers never interleave half-way.
+- A (user, topic) is reported while at least one live connection holds it; a
+  user on two devices keeps a topic until the last device leaves.
+- Records are owned by a worker (``worker:<id>`` lists its connections), so
+  the records of a worker that died can be found and removed whole.
+- Reads are plain set reads: consistent per call, not across calls.
+- When Redis is away, every call raises :class:`redis.exceptions.RedisError`
+  after the client's retries; nothing is queued or silently dropped.
+
+Keys live under the configured prefix; the layout is documented in
+``lua/subscribe.lua``. Keys are built inside the scripts, so the registry
+runs on a single Redis (or Sentinel-managed) primary, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import resources
+
+import redis
+
+from gateway.protocol import as_set
+
+
+def load_script(client: redis.Redis, name: str) -> redis.commands.core.Script:
+    """Register ``gateway/lua/<name>.lua`` on ``client``."""
+    source = resources.files("gateway").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return client.register_script(source)
+
+
+def connection_id(worker_id: str, sid: str) -> str:
+    return f"{worker_id}/{sid}"
+
+
+class Registry:
+    """The Redis registry seen from one worker (``worker_id``) or a reader."""
+
+    def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.worker_id = worker_id
+        self._subscribe = load_script(client, "subscribe")
+        self._release = load_script(client, "release")
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # Writes: one script each, owned by this worker.
+
+    def subscribe(self, sid: str, user: str, topics: Iterable[str]) -> dict[str, int]:
+        """Record ``topics`` for connection ``sid`` of ``user``; return each topic's current seq."""
+        names = list(topics)
+        if not names:
+            return {}
+        conn = connection_id(self.worker_id, sid)
+        seqs = self._subscribe(args=[self.prefix, self.worker_id, conn, user, *names])
+        return dict(zip(names, (int(seq) for seq in seqs)))
+
+    def release(self, sid: str, topics: Iterable[str] | None = None, *, worker_id: str | None = None) -> list[str]:
+        """Remove ``topics`` (default: all) of connection ``sid``; return those removed."""
+        names = [] if topics is None else list(topics)
+        if topics is not None and not names:
+            return []
+        owner = worker_id or self.worker_id
+        args = [self.prefix, owner, connection_id(owner, sid), *names]
+        return sorted(as_set(self._release(args=args)))
+
+    def connections(self, worker_id: str) -> dict[str, str]:
+        """The connections a worker holds records for: sid -> user."""
+        held = self.redis.hgetall(self.key("worker", worker_id))
+        start = len(worker_id) + 1
+        return {conn.decode()[start:]: user.decode() for conn, user in held.items()}
+
+    def drop_worker(self, worker_id: str) -> int:
+        """Remove every record of ``worker_id``; return how many connections it held.
+
+        Each connection is released by its own atomic script, so a drop that
+        Redis interrupts half-way leaves only whole connections behind, and
+        running it again finishes the job.
+        """
+        held = self.connections(worker_id)
+        for sid in held:
+            self.release(sid, worker_id=worker_id)
+        return len(held)
+
+    # Reads, for workers, publishers and operators.
+
+    def is_subscribed(self, user: str, topic: str) -> bool:
+        return bool(self.redis.sismember(self.key("topic", topic), user))
+
+    def subscribers(self, topic: str) -> set[str]:
+        return as_set(self.redis.smembers(self.key("topic", topic)))
+
+    def user_topics(self, user: str) -> set[str]:
+        return as_set(self.redis.smembers(self.key("user", user)))

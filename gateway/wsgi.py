@@ -1,0 +1,86 @@
+"""The composition root: ``create_app`` builds one worker's gateway.
+
+Production start: ``gunicorn -c gunicorn.conf.py gateway.wsgi:app``. Nothing
+runs at import: ``app`` is built when gunicorn's worker first asks for it,
+after gevent has patched the standard library. ``create_app`` reads the environment
+(unless given a config), connects nothing until first use, and wires the
+Redis client, registry, fan-out, handlers and HTTP endpoints together.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from functools import partial
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from gateway import health, logs
+from gateway.auth import TokenVerifier
+from gateway.cleanup import ClientGoneMiddleware
+from gateway.config import Config
+from gateway.events import Gateway
+from gateway.fanout import FanoutManager
+from gateway.redis_client import connect
+from gateway.subscriptions import Registry
+from gateway.worker import GatewayWorker
+
+
+def new_worker_id() -> str:
+    """Unique across hosts, processes and restarts: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the Flask app with its Socket.IO server attached."""
+    config = config or Config.from_env()
+    config.validate()
+    logs.configure(config.log_level, config.log_format)
+    assert config.redis_url is not None  # validate() guarantees it
+    redis_url = config.redis_url
+    client = connect(redis_url, name="gateway-worker")
+    registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
+    fanout = FanoutManager(config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None))
+    gateway = Gateway(registry, TokenVerifier(config), config.topics)
+
+    app = Flask("gateway")
+    socketio = SocketIO(
+        app,
+        async_mode="gevent",
+        client_manager=fanout,
+        cors_allowed_origins=_cors(config),
+        transports=list(config.transports),
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        max_http_buffer_size=config.max_message_bytes,
+        logger=False,
+        engineio_logger=False,
+    )
+    gateway.register(socketio)
+    app.register_blueprint(health.blueprint([health.redis_answers(client.ping), _listener_check(fanout)]))
+    app.wsgi_app = ClientGoneMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio)
+    return app
+
+
+def _cors(config: Config) -> str | list[str] | None:
+    if config.cors_origins is None:
+        return None
+    return "*" if config.cors_origins == ("*",) else list(config.cors_origins)
+
+
+def _listener_check(fanout: FanoutManager) -> health.Check:
+    def check() -> str | None:
+        return None if fanout.listening else "fan-out listener is not receiving from Redis"
+
+    return check
+
+
+def __getattr__(name: str) -> Flask:
+    """``gateway.wsgi:app``, built on first access so that importing is free."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["app"] = built = create_app()
+    return built

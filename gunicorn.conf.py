@@ -1,0 +1,97 @@
+"""gunicorn settings for the push gateway.
+
+Start: ``gunicorn -c gunicorn.conf.py gateway.wsgi:app``. Every value comes
+from the ``GATEWAY_*`` environment through ``gateway.config``; a bad value
+stops the master before any worker starts, with one line naming the variable.
+"""
+
+import os
+import sys
+import tempfile
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+
+try:
+    _config = Config.from_env()
+except ConfigError as exc:
+    sys.exit(f"gateway: {exc}")
+
+# Where clients connect: GATEWAY_BIND, 127.0.0.1:8000 unless told otherwise.
+bind = [_config.bind]
+
+# One process per core by default (GATEWAY_WORKERS). Each worker serves many
+# thousands of WebSockets on gevent; a connection stays on the worker that
+# accepted it, which is why the transport is WebSocket only with several.
+workers = _config.workers
+
+# The gevent-websocket worker: Flask-SocketIO's WebSocket transport on gevent.
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+
+# Open connections one worker accepts. gunicorn's default of 1000 would cap
+# the gateway at 1000 clients per worker; the file-descriptor limit
+# (LimitNOFILE in deploy/systemd) must stay above workers x this.
+worker_connections = 20000
+
+# Each worker imports the app itself, after gevent patched the standard
+# library: a preloaded app would share one Redis connection pool across forks.
+preload_app = False
+
+# Seconds a worker may go without notifying the master before it is killed.
+# Async workers notify from their event loop, so long WebSockets are fine.
+timeout = 30
+
+# Seconds a stopping worker has to disconnect its clients and remove its
+# records (SIGTERM, SIGHUP reload, max-requests) before it is killed.
+graceful_timeout = 20
+
+# Seconds an idle HTTP keep-alive connection (health probes) stays open.
+keepalive = 5
+
+# gunicorn's control socket would land in $HOME/.gunicorn and collide between
+# instances on one machine; the gateway is steered by signals instead.
+control_socket_disable = True
+
+# Log level and destination: stderr, at GATEWAY_LOG_LEVEL.
+loglevel = _config.log_level.lower()
+errorlog = "-"
+
+# Access log off: one line per WebSocket handshake adds noise, not insight;
+# /metrics counts connections instead.
+accesslog = None
+
+# Process name in ps and top.
+proc_name = "push-gateway"
+
+# Every worker writes its metrics under this folder and /metrics sums them.
+# It must be set before a worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+
+
+def on_starting(server):
+    """Start from empty metrics: files of an earlier run would be summed in."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    """In the master, after any worker exit, SIGKILL included."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """In the worker, once the app is built: start receiving updates."""
+    worker.wsgi.extensions["gateway"].start()
+
+
+def worker_exit(server, worker):
+    """In the worker, as it exits: remove its records."""
+    gateway = getattr(worker.wsgi, "extensions", {}).get("gateway")
+    if gateway is not None:
+        gateway.stop()

@@ -1,0 +1,283 @@
+"""End to end: real gunicorn (2 gevent-websocket workers), real Redis, real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import socketio
+from flask_socketio import SocketIO
+
+from gateway.publisher import Publisher
+from tests.integration.support import (
+    REPO,
+    Client,
+    GatewayProcess,
+    unclean_lines,
+    unique_user,
+    wait_for,
+)
+
+TOPICS = ("balance", "positions", "pnl", "orders")
+MALFORMED = json.loads((Path(__file__).parents[1] / "malformed_subscribe.json").read_text())
+
+
+@pytest.fixture
+def publisher(gateway: GatewayProcess) -> Publisher:
+    with Publisher(config=gateway.config) as pub:
+        yield pub
+
+
+def registry_workers(gateway: GatewayProcess) -> set[str]:
+    """Worker ids that hold at least one connection's records."""
+    client = redis.Redis.from_url(gateway.config.redis_url)
+    prefix = gateway.config.key_prefix
+    return {key.decode().split(":worker:", 1)[1] for key in client.scan_iter(f"{prefix}:worker:*")}
+
+
+def connected_on_both_workers(gateway: GatewayProcess, users: list[str]) -> list[Client]:
+    """Connect two devices per user, then more, until both workers hold connections."""
+    clients = []
+    for user in users:
+        for _ in range(2):
+            client = gateway.client(user).connect()
+            client.subscribe(*TOPICS)
+            clients.append(client)
+    extra = 0
+    while len(registry_workers(gateway)) < 2:
+        assert extra < 40, "every connection landed on one worker"
+        client = gateway.client(users[extra % len(users)]).connect()
+        client.subscribe(*TOPICS)
+        clients.append(client)
+        extra += 1
+    return clients
+
+
+def test_each_client_gets_exactly_its_own_updates_in_seq_order(gateway: GatewayProcess, publisher: Publisher) -> None:
+    users = [unique_user() for _ in range(10)]
+    clients = connected_on_both_workers(gateway, users)
+    per_topic = 25
+
+    def publish_all(half: list[str]) -> None:
+        for n in range(1, per_topic + 1):
+            for user in half:
+                for topic in TOPICS:
+                    assert publisher.publish(user, topic, {"n": n, "user": user}) == n
+
+    threads = [threading.Thread(target=publish_all, args=(users[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for client in clients:
+        for topic in TOPICS:
+            updates = client.wait_events(topic, per_topic)
+            assert [u["seq"] for u in updates] == list(range(1, per_topic + 1))
+            assert {u["user_id"] for u in updates} == {client.user}
+            assert [u["data"]["n"] for u in updates] == list(range(1, per_topic + 1))
+            assert all(u["topic"] == topic and isinstance(u["ts"], float) for u in updates)
+    for client in clients:
+        client.close()
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_seed_style_flask_socketio_emit_reaches_the_room(gateway: GatewayProcess) -> None:
+    user = unique_user()
+    client = gateway.client(user).connect()
+    client.subscribe("balance")
+    SocketIO(message_queue=gateway.config.redis_url).emit("balance", {"usd": "7.00"}, to=f"balance_{user}")
+    assert client.wait_events("balance", 1) == [{"usd": "7.00"}]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "missing_token"),
+        ("not-a-jwt", "invalid_token"),
+        ("expired", "expired_token"),
+        ("other-secret", "invalid_token"),
+    ],
+)
+def test_bad_tokens_are_refused_with_the_contract_reason(gateway: GatewayProcess, token: str | None, reason: str) -> None:
+    import jwt
+
+    if token == "expired":
+        token = gateway.token("4", ttl=-10)
+    elif token == "other-secret":
+        token = jwt.encode({"sub": "4", "exp": int(time.time()) + 60}, "x" * 40, algorithm="HS256")
+    client = Client(gateway.url, token)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect()
+    assert client.refused == [{"message": "unauthorized", "reason": reason, "data": {"reason": reason}}]
+
+
+def test_token_in_header_or_query_is_accepted(gateway: GatewayProcess) -> None:
+    user = unique_user()
+    token = gateway.token(user)
+    by_header = Client(gateway.url, None).connect(headers={"Authorization": f"Bearer {token}"})
+    by_query = Client(f"{gateway.url}?token={token}", None).connect()
+    for client in (by_header, by_query):
+        assert client.subscribe("pnl")["topics"] == {"pnl": {"seq": 0}}
+        client.close()
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=[case["name"] for case in MALFORMED])
+def test_malformed_subscribe_gets_error_ack_and_connection_stays_up(
+    gateway: GatewayProcess, publisher: Publisher, case: dict[str, object]
+) -> None:
+    user = unique_user()
+    client = gateway.client(user).connect()
+    ack = client.call("subscribe", case["payload"])
+    assert ack["ok"] is False and ack["error"] == case["error"], ack
+    assert isinstance(ack["message"], str) and ack["message"]
+    client.subscribe("orders")
+    publisher.publish(user, "orders", {"id": 1})
+    assert client.wait_events("orders", 1)[0]["seq"] == 1
+    client.close()
+
+
+def test_subscribe_reports_unknown_topics_and_current_seq(gateway: GatewayProcess, publisher: Publisher) -> None:
+    user = unique_user()
+    for _ in range(3):
+        publisher.publish(user, "balance", {"usd": "1"})
+    client = gateway.client(user).connect()
+    ack = client.call("subscribe", {"topics": ["balance", "pnl", "foo"]})
+    assert ack == {"ok": True, "topics": {"balance": {"seq": 3}, "pnl": {"seq": 0}}, "rejected": {"foo": "unknown_topic"}}
+    assert client.call("subscribe", "orders")["topics"] == {"orders": {"seq": 0}}
+    client.close()
+
+
+def test_no_payload_can_reach_another_users_updates(gateway: GatewayProcess, publisher: Publisher) -> None:
+    me, victim = unique_user(), unique_user()
+    client = gateway.client(me).connect()
+    ack = client.call("subscribe", {"topics": ["balance"], "user_id": victim, "room": f"balance_{victim}"})
+    assert ack["ok"] is True
+    assert client.call("subscribe", f"balance_{victim}")["rejected"] == {f"balance_{victim}": "unknown_topic"}
+    publisher.publish(victim, "balance", {"usd": "secret"})
+    publisher.publish(me, "balance", {"usd": "mine"})
+    assert [u["data"] for u in client.wait_events("balance", 1)] == [{"usd": "mine"}]
+    assert publisher.user_topics(victim) == set()
+    client.close()
+
+
+def test_oversized_message_is_refused_and_leaves_nothing(gateway: GatewayProcess, publisher: Publisher) -> None:
+    user = unique_user()
+    client = gateway.client(user).connect()
+    client.subscribe("balance")
+    assert publisher.is_subscribed(user, "balance")
+    too_big = {"topics": ["balance"], "pad": "x" * (gateway.config.max_message_bytes + 1)}
+    client.sio.emit("subscribe", too_big)
+    wait_for(lambda: not client.sio.connected, 10, "server closes the connection")
+    wait_for(lambda: not publisher.is_subscribed(user, "balance"), 2, "records removed")
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_unsubscribe_stops_updates_and_clears_records(gateway: GatewayProcess, publisher: Publisher) -> None:
+    user = unique_user()
+    client = gateway.client(user).connect()
+    client.subscribe(*TOPICS)
+    assert client.call("unsubscribe", {"topics": ["pnl", "foo"]}) == {"ok": True, "topics": ["pnl"]}
+    assert publisher.user_topics(user) == {"balance", "positions", "orders"}
+    assert client.call("unsubscribe", {"topics": 5})["error"] == "invalid_topics"
+    assert client.call("unsubscribe") == {"ok": True, "topics": ["balance", "orders", "positions"]}
+    assert publisher.user_topics(user) == set()
+    publisher.publish(user, "pnl", {"day": "1"})
+    client.subscribe("orders")
+    publisher.publish(user, "orders", {"id": 1})
+    client.wait_events("orders", 1)
+    assert client.events["pnl"] == []
+    client.close()
+
+
+def test_user_on_two_devices_keeps_topic_until_the_last_leaves(gateway: GatewayProcess, publisher: Publisher) -> None:
+    user = unique_user()
+    phone, laptop = gateway.client(user).connect(), gateway.client(user).connect()
+    phone.subscribe("balance", "pnl")
+    laptop.subscribe("balance")
+    assert publisher.subscribers("balance") >= {user}
+    phone.close()
+    wait_for(lambda: publisher.user_topics(user) == {"balance"}, 1, "phone's pnl released, balance kept")
+    publisher.publish(user, "balance", {"usd": "2"})
+    assert laptop.wait_events("balance", 1)[0]["data"] == {"usd": "2"}
+    laptop.close()
+    wait_for(lambda: publisher.user_topics(user) == set(), 1, "records removed within 1 s of the disconnect")
+    assert not publisher.is_subscribed(user, "balance")
+
+
+def test_clients_killed_during_a_push_flood_leave_clean_logs_and_no_records(
+    gateway: GatewayProcess, publisher: Publisher
+) -> None:
+    doomed = [unique_user() for _ in range(40)]
+    survivor = unique_user()
+    watcher = gateway.client(survivor).connect()
+    watcher.subscribe("balance")
+    before = failures(gateway)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, *[gateway.token(u) for u in doomed]],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "subscribed", "doomed clients did not subscribe"
+        assert all(publisher.is_subscribed(u, "balance") for u in doomed)
+        stop = threading.Event()
+        sent = {"survivor": 0}
+
+        def flood() -> None:
+            while not stop.is_set():
+                for user in doomed:
+                    publisher.publish(user, "balance", {"pad": "x" * 4000})
+                publisher.publish(survivor, "balance", {"n": sent["survivor"]})
+                sent["survivor"] += 1
+
+        pusher = threading.Thread(target=flood)
+        pusher.start()
+        wait_for(lambda: sent["survivor"] >= 20, 30, "flood under way")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        wait_for(lambda: not any(publisher.is_subscribed(u, "balance") for u in doomed), 70, "doomed records removed")
+        stop.set()
+        pusher.join(30)
+    finally:
+        process.kill()
+        process.wait()
+    received = watcher.wait_events("balance", sent["survivor"])
+    assert [u["seq"] for u in received] == list(range(1, sent["survivor"] + 1))
+    watcher.close()
+    assert unclean_lines(gateway.log()) == []
+    assert failures(gateway) > before
+
+
+def failures(gateway: GatewayProcess) -> float:
+    for line in gateway.http("/metrics").text.splitlines():
+        if line.startswith('gateway_send_failures_total{reason="client_gone"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_health_ready_and_metrics(gateway: GatewayProcess) -> None:
+    assert gateway.http("/healthz").json() == {"status": "ok"}
+    assert gateway.http("/readyz").json() == {"status": "ready"}
+    text = gateway.http("/metrics").text
+    assert "# TYPE gateway_connections gauge" in text
+    assert "gateway_send_failures_total" in text
+
+
+def test_long_polling_is_refused_with_several_workers(gateway: GatewayProcess) -> None:
+    response = requests.get(f"{gateway.url}/socket.io/?EIO=4&transport=polling", timeout=5)
+    assert response.status_code == 400
+
+
+def test_gunicorn_opens_no_control_socket_under_home(gateway: GatewayProcess) -> None:
+    home = Path(gateway.env["HOME"])
+    assert home.is_dir() and not (home / ".gunicorn").exists()
