@@ -96,3 +96,7 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 main = _guarded(cli)
+
+
+if __name__ == "__main__":
+    main()

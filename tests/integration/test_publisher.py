@@ -1,0 +1,153 @@
+"""The backend API against a real Redis: seq, validation, ordering, failures, CLI."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+
+import pytest
+import redis
+
+from gateway.config import Config
+from gateway.errors import ConfigError, PublishError
+from gateway.publisher import Publisher
+from tests.integration.support import REPO, RedisServer, free_port, wait_for
+
+
+@pytest.fixture
+def config(redis_server: RedisServer, prefix: str) -> Config:
+    return Config.from_env({"GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_KEY_PREFIX": prefix}, server=False)
+
+
+@pytest.fixture
+def publisher(config: Config) -> Publisher:
+    with Publisher(config=config) as pub:
+        yield pub
+
+
+def listen(client: redis.Redis, channel: str) -> redis.client.PubSub:
+    """A subscription to ``channel``, confirmed by Redis before it is returned."""
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    wait_for(lambda: pubsub.get_message(timeout=0.05), 5, "subscribe confirmed")
+    return pubsub
+
+
+def drain(pubsub: redis.client.PubSub, count: int) -> list[dict[str, object]]:
+    received: list[dict[str, object]] = []
+
+    def more() -> bool:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            received.append(json.loads(message["data"]))
+        return len(received) >= count
+
+    wait_for(more, 15, f"{count} messages on the channel", interval=0)
+    return received
+
+
+def test_seq_counts_per_user_and_topic(publisher: Publisher) -> None:
+    assert [publisher.publish(4, "balance", {"usd": "1"}) for _ in range(3)] == [1, 2, 3]
+    assert publisher.publish("4", "pnl", {}) == 1
+    assert publisher.publish(5, "balance", []) == 1
+    assert publisher.publish(4, "balance", None) == 4
+
+
+def test_message_is_what_flask_socketio_workers_read(publisher: Publisher, redis_client: redis.Redis) -> None:
+    pubsub = listen(redis_client, "flask-socketio")
+    publisher.publish(4, "balance", {"usd": "1020.50", "note": '"seq": 99'})
+    (message,) = drain(pubsub, 1)
+    assert message["method"] == "emit" and message["event"] == "balance"
+    assert message["room"] == "balance_4" and message["namespace"] == "/"
+    (payload,) = message["data"]
+    assert payload["seq"] == 1 and payload["user_id"] == "4" and payload["topic"] == "balance"
+    assert payload["data"] == {"usd": "1020.50", "note": '"seq": 99'}
+    pubsub.close()
+
+
+@pytest.mark.parametrize(
+    ("user", "topic", "data"),
+    [
+        (4, "foo", {}),
+        (4, "balance", {"usd": Decimal("1.0")}),
+        (4, "balance", {"at": datetime.datetime.now()}),
+        (4, "balance", {"raw": b"\x00"}),
+        (4, "balance", {"x": float("nan")}),
+        (True, "balance", {}),
+        ("bad user", "balance", {}),
+        (None, "balance", {}),
+    ],
+)
+def test_bad_publish_raises_value_error_before_anything_is_sent(
+    publisher: Publisher, redis_client: redis.Redis, prefix: str, user: object, topic: str, data: object
+) -> None:
+    pubsub = listen(redis_client, "flask-socketio")
+    with pytest.raises(ValueError):
+        publisher.publish(user, topic, data)  # type: ignore[arg-type]
+    assert list(redis_client.scan_iter(f"{prefix}:*")) == []
+    assert pubsub.get_message(timeout=0.2) is None
+    pubsub.close()
+
+
+def test_threads_sharing_a_publisher_keep_seq_order_on_the_channel(
+    publisher: Publisher, redis_client: redis.Redis
+) -> None:
+    pubsub = listen(redis_client, "flask-socketio")
+    threads = [
+        threading.Thread(target=lambda: [publisher.publish(9, "orders", {"i": i}) for i in range(100)])
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    seqs = [message["data"][0]["seq"] for message in drain(pubsub, 400)]
+    assert seqs == list(range(1, 401))
+    pubsub.close()
+
+
+def test_publish_raises_when_redis_cannot_take_it(prefix: str) -> None:
+    config = Config.from_env({"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, server=False)
+    with Publisher(config=config) as publisher, pytest.raises(PublishError, match="not published"):
+        publisher.publish(4, "balance", {"usd": "1"})
+
+
+def test_publisher_needs_a_redis_url() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_REDIS_URL"):
+        Publisher(config=Config.from_env({}, server=False))
+
+
+def test_registry_reads(publisher: Publisher, redis_client: redis.Redis, prefix: str) -> None:
+    from gateway.subscriptions import Registry
+
+    Registry(redis_client, prefix, "w").subscribe("s", "4", ["pnl", "orders"])
+    assert publisher.is_subscribed(4, "pnl") and not publisher.is_subscribed(4, "balance")
+    assert publisher.subscribers("pnl") == {"4"}
+    assert publisher.user_topics(4) == {"pnl", "orders"}
+    with pytest.raises(ValueError):
+        publisher.subscribers("foo")
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_gateway_publish_command(config: Config, prefix: str, redis_server: RedisServer) -> None:
+    env = {**os.environ, "GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_KEY_PREFIX": prefix}
+    assert run_cli("publish", "4", "balance", '{"usd": "1"}', env=env).stdout.strip() == "1"
+    assert run_cli("publish", "4", "balance", '{"usd": "2"}', env=env).stdout.strip() == "2"
+    bad_json = run_cli("publish", "4", "balance", "{oops", env=env)
+    assert bad_json.returncode == 2 and "not JSON" in bad_json.stderr
+    bad_topic = run_cli("publish", "4", "foo", "{}", env=env)
+    assert bad_topic.returncode == 2 and "unknown topic" in bad_topic.stderr
+    no_url = run_cli("publish", "4", "balance", "{}", env={k: v for k, v in env.items() if k != "GATEWAY_REDIS_URL"})
+    assert no_url.returncode == 1 and no_url.stderr.strip().splitlines() == [
+        "gateway: GATEWAY_REDIS_URL: is not set and no redis_url was given"
+    ]

@@ -1,0 +1,127 @@
+"""The subscription registry against a real Redis: its scripts and invariants."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import redis
+
+from gateway.subscriptions import Registry
+from tests.integration.support import RedisServer
+
+TOPICS = ("balance", "positions", "pnl", "orders")
+
+
+def live_keys(client: redis.Redis, prefix: str) -> set[str]:
+    return {key.decode() for key in client.scan_iter(f"{prefix}:*") if b":seq:" not in key}
+
+
+def test_subscribe_records_and_returns_current_seq(redis_client: redis.Redis, prefix: str) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    redis_client.set(f"{prefix}:seq:4:balance", 41)
+    assert registry.subscribe("s1", "4", ["balance", "pnl"]) == {"balance": 41, "pnl": 0}
+    assert registry.is_subscribed("4", "balance") and registry.is_subscribed("4", "pnl")
+    assert not registry.is_subscribed("4", "orders") and not registry.is_subscribed("5", "balance")
+    assert registry.subscribers("balance") == {"4"}
+    assert registry.user_topics("4") == {"balance", "pnl"}
+    assert registry.connections("w1") == {"s1": "4"}
+
+
+def test_release_of_named_topics_and_of_everything(redis_client: redis.Redis, prefix: str) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    registry.subscribe("s1", "4", TOPICS)
+    assert registry.release("s1", ["pnl", "unknown"]) == ["pnl"]
+    assert registry.release("s1", []) == []
+    assert registry.user_topics("4") == {"balance", "positions", "orders"}
+    assert registry.release("s1") == ["balance", "orders", "positions"]
+    assert registry.release("s1") == []
+    assert live_keys(redis_client, prefix) == set()
+
+
+def test_a_topic_stays_until_the_users_last_connection_leaves(redis_client: redis.Redis, prefix: str) -> None:
+    phone, laptop = Registry(redis_client, prefix, "w1"), Registry(redis_client, prefix, "w2")
+    phone.subscribe("a", "4", ["balance", "pnl"])
+    laptop.subscribe("b", "4", ["balance"])
+    phone.release("a")
+    assert phone.user_topics("4") == {"balance"}
+    assert phone.subscribers("pnl") == set()
+    laptop.release("b")
+    assert phone.user_topics("4") == set() and phone.subscribers("balance") == set()
+
+
+def test_drop_worker_removes_only_that_workers_records(redis_client: redis.Redis, prefix: str) -> None:
+    dead, alive = Registry(redis_client, prefix, "dead"), Registry(redis_client, prefix, "alive")
+    for n in range(20):
+        dead.subscribe(f"s{n}", str(n), TOPICS[: 1 + n % 4])
+    alive.subscribe("x", "7", ["orders"])
+    assert alive.drop_worker("dead") == 20
+    assert alive.subscribers("orders") == {"7"}
+    assert alive.subscribers("balance") == set()
+    assert live_keys(redis_client, prefix) == {
+        f"{prefix}:worker:alive", f"{prefix}:conn:alive/x", f"{prefix}:subs:7:orders",
+        f"{prefix}:topic:orders", f"{prefix}:user:7",
+    }
+
+
+def test_concurrent_writes_from_two_workers_never_corrupt_the_records(
+    redis_server: RedisServer, redis_client: redis.Redis, prefix: str
+) -> None:
+    """Invariant 5: the registry equals what the connections hold, after any interleaving."""
+    users = [str(n) for n in range(6)]
+    holdings: dict[tuple[str, str], dict[str, set[str]]] = {}
+    lock = threading.Lock()
+
+    def churn(worker: str, seed: int) -> None:
+        registry = Registry(redis_server.client(), prefix, worker)
+        rng = random.Random(seed)
+        mine: dict[str, tuple[str, set[str]]] = {}
+        for step in range(400):
+            sid = f"s{rng.randrange(8)}"
+            user, held = mine.get(sid, (rng.choice(users), set()))
+            action = rng.random()
+            if action < 0.5:
+                topics = set(rng.sample(TOPICS, rng.randint(1, 3)))
+                registry.subscribe(sid, user, sorted(topics))
+                mine[sid] = (user, held | topics)
+            elif action < 0.8 and held:
+                topics = set(rng.sample(sorted(held), 1))
+                registry.release(sid, sorted(topics))
+                mine[sid] = (user, held - topics)
+            else:
+                registry.release(sid)
+                mine.pop(sid, None)
+        with lock:
+            for sid, (user, held) in mine.items():
+                holdings[(worker, sid)] = {"user": {user}, "topics": held}
+
+    threads = [threading.Thread(target=churn, args=(f"w{n}", n)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    expected: dict[str, set[str]] = {}
+    for held in holdings.values():
+        (user,) = held["user"]
+        for topic in held["topics"]:
+            expected.setdefault(user, set()).add(topic)
+    registry = Registry(redis_client, prefix)
+    for user in users:
+        assert registry.user_topics(user) == expected.get(user, set()), user
+    for topic in TOPICS:
+        assert registry.subscribers(topic) == {u for u, t in expected.items() if topic in t}, topic
+    for worker, _sid in holdings:
+        registry.drop_worker(worker)
+    assert live_keys(redis_client, prefix) == set()
+
+
+def test_keys_do_not_grow_with_past_connections(redis_client: redis.Redis, prefix: str) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    registry.subscribe("steady", "1", ["balance"])
+    baseline = live_keys(redis_client, prefix)
+    for round_ in range(5):
+        for n in range(100):
+            registry.subscribe(f"r{round_}-{n}", str(n), TOPICS)
+        for n in range(100):
+            registry.release(f"r{round_}-{n}")
+        assert live_keys(redis_client, prefix) == baseline
