@@ -18,7 +18,7 @@ const HARD_LIMIT_MS = 20000;
 const ACK_TIMEOUT_MS = 10000;
 
 const [url, token, expected, ...topics] = process.argv.slice(2);
-const expectedCount = Number.parseInt(expected, 10) + 1;
+const expectedCount = Number.parseInt(expected, 10);
 
 function line(record) {
   process.stdout.write(JSON.stringify(record) + "\n");
