@@ -114,10 +114,15 @@ def _pem_file(path: str) -> str:
 
 
 def _mask_password(url: str) -> str:
+    """Hide a password given as ``user:password@`` or as ``?password=``."""
     parsed = urlparse(url)
-    if not parsed.password:
-        return url
-    return url.replace(f":{parsed.password}@", ":***@", 1)
+    netloc = parsed.netloc
+    if parsed.password:
+        netloc = netloc.replace(f":{parsed.password}@", ":***@", 1)
+    query = "&".join(
+        "password=***" if part.startswith("password=") else part for part in parsed.query.split("&") if part
+    )
+    return parsed._replace(netloc=netloc, query=query).geturl()
 
 
 def _cpu_count() -> int:

@@ -103,11 +103,18 @@ def parse_subscribe(payload: object, allowed: frozenset[str]) -> SubscribeReques
 
 
 def parse_unsubscribe(payload: object, allowed: frozenset[str]) -> tuple[str, ...] | None:
-    """Validate an ``unsubscribe`` payload; ``None`` means every topic."""
+    """Validate an ``unsubscribe`` payload; ``None`` means every topic.
+
+    No payload, ``{}``, ``[]`` or ``{"topics": []}`` mean every topic; an object
+    that names other keys but no ``topics`` is refused, so that a misspelt
+    key never unsubscribes a client from everything.
+    """
     if payload is None or payload == {} or payload == []:
         return None
     if isinstance(payload, dict):
-        if payload.get("topics") in (None, []):
+        if "topics" not in payload:
+            raise BadRequest("invalid_topics", "unsubscribe takes a topics list, or nothing for every topic.")
+        if payload["topics"] in (None, []):
             return None
         payload = payload["topics"]
     elif not isinstance(payload, (list, str)):

@@ -118,7 +118,13 @@ def test_unsubscribe_drops_unknown_topics() -> None:
 
 @pytest.mark.parametrize(
     ("payload", "code"),
-    [(5, "invalid_payload"), (True, "invalid_payload"), ([1], "invalid_topics"), ({"topics": 3}, "invalid_topics")],
+    [
+        (5, "invalid_payload"),
+        (True, "invalid_payload"),
+        ([1], "invalid_topics"),
+        ({"topics": 3}, "invalid_topics"),
+        ({"topic": ["pnl"]}, "invalid_topics"),
+    ],
     ids=repr,
 )
 def test_malformed_unsubscribe_is_refused(payload: object, code: str) -> None:
