@@ -79,19 +79,38 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    """In the master, after any worker exit, SIGKILL included."""
+    """In the master, after any worker exit, SIGKILL included: drop what it left."""
     from prometheus_client import multiprocess
+    from redis.exceptions import RedisError
+
+    from gateway.cleanup import sweep_process
+    from gateway.redis_client import connect
+    from gateway.subscriptions import Registry
 
     multiprocess.mark_process_dead(worker.pid)
+    # The master must not stall on a Redis outage: one try, short timeouts;
+    # the lease sweep of the live workers is the fallback.
+    client = connect(_config.redis_url, name="gateway-master", command_timeout=2, retries=0)
+    try:
+        removed = sweep_process(Registry(client, _config.key_prefix), worker.pid)
+    except RedisError as exc:
+        server.log.warning("records of worker %s left to the lease sweep: %s", worker.pid, exc)
+        return
+    finally:
+        client.close()
+    if removed:
+        server.log.info("removed the records of %d connections of worker %s", removed, worker.pid)
 
 
 def post_worker_init(worker):
-    """In the worker, once the app is built: start receiving updates."""
-    worker.wsgi.extensions["gateway"].start()
+    """In the worker, once the app is built: lease, listener, and a watch on
+    ``worker.alive`` so that SIGTERM, reload and max-requests send clients away
+    at once instead of after graceful_timeout."""
+    worker.wsgi.extensions["gateway"].start(alive=lambda: worker.alive)
 
 
 def worker_exit(server, worker):
-    """In the worker, as it exits: remove its records."""
+    """In the worker, as it exits: remove its records (a no-op when already stopped)."""
     gateway = getattr(worker.wsgi, "extensions", {}).get("gateway")
     if gateway is not None:
         gateway.stop()

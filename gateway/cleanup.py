@@ -1,21 +1,34 @@
-"""Where a connection ends: client-gone detection and record removal.
+"""Where a connection or a worker ends: client-gone handling, leases, sweeping.
 
 A client that goes away while the gateway writes to it is normal. The
 exceptions that say so are listed here, once; they are counted in
 ``gateway_send_failures_total{reason="client_gone"}``, logged at DEBUG at
 most, and never reach the log as a traceback. Everything else propagates.
+
+A worker's records outlive it only as long as its lease: :class:`Heartbeat`
+renews this worker's lease and removes the records of workers silent for
+three beats; :func:`sweep` does the same on demand (``gateway sweep``), and
+:func:`sweep_process` is what gunicorn's master runs when a worker exits,
+SIGKILL included.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from geventwebsocket.exceptions import WebSocketError
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.logs import FaultOnce
 from gateway.subscriptions import Registry
 
 log = logging.getLogger(__name__)
@@ -66,6 +79,21 @@ class _GuardedWebSocket:
             client_gone(exc)
             raise
 
+    def settimeout(self, seconds: float) -> None:
+        """Bound every read and write; Engine.IO sets ping interval + timeout.
+
+        Without it a write to a peer that stopped reading blocks until TCP
+        gives up, many minutes later.
+        """
+        self._ws.handler.socket.settimeout(seconds)
+
+    def abort(self) -> None:
+        """Cut the TCP connection now: a blocked write fails and frees its buffers."""
+        try:
+            self._ws.handler.socket.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            log.debug("shutdown of a departed client's socket: %s", exc)
+
 
 class ClientGoneMiddleware:
     """WSGI middleware: a client gone during a request or WebSocket is not an error."""
@@ -98,3 +126,159 @@ def release_connection(registry: Registry, sid: str, **context: Any) -> None:
         log.exception("could not remove the records of a closed connection", extra={"sid": sid, **context})
         return
     log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
+
+
+class OutboundLimit:
+    """Caps the packets queued for one connection.
+
+    A client that stops reading while updates keep coming would grow its
+    queue without bound. At ``limit`` queued packets the connection is cut:
+    its records are removed by the disconnect handler, its TCP connection is
+    shut so that its buffers are freed at once, and it is counted as
+    ``gateway_send_failures_total{reason="slow_client"}``. The client
+    reconnects and resubscribes like after any network loss.
+
+    Installed in place of the Socket.IO server's packet send, the one place
+    every outbound packet of the worker passes.
+    """
+
+    def __init__(self, server: Any, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self._send = server._send_eio_packet
+        server._send_eio_packet = self
+
+    def __call__(self, eio_sid: str, packet: Any) -> None:
+        connection = self.server.eio.sockets.get(eio_sid)
+        if connection is not None and connection.queue.qsize() >= self.limit:
+            self._cut(eio_sid, connection)
+            return
+        self._send(eio_sid, packet)
+
+    def _cut(self, eio_sid: str, connection: Any) -> None:
+        if connection.closing or connection.closed:
+            return
+        metrics.SEND_FAILURES.labels(reason="slow_client").inc()
+        log.info("client cut off: %d packets queued and unread", self.limit, extra={"sid": eio_sid})
+        ws = self.server.environ.get(eio_sid, {}).get("wsgi.websocket")
+        connection.close(wait=False, abort=True)
+        if isinstance(ws, _GuardedWebSocket):
+            ws.abort()
+
+
+class Heartbeat:
+    """This worker's lease, renewed every beat, and the sweep of dead workers.
+
+    Each beat renews the lease for three beats; when Redis reports the lease
+    as new (it lost this worker's records), ``reassert`` records every live
+    connection again. Then the records of every worker whose lease ended are
+    removed. ``fresh`` tells ``/readyz`` whether the last beat succeeded
+    within three beats.
+    """
+
+    def __init__(self, registry: Registry, interval: float, reassert: Callable[[], int]) -> None:
+        self.registry = registry
+        self.interval = interval
+        self.reassert = reassert
+        self.last_beat = float("-inf")
+        self._wake = threading.Event()
+        self._fault = FaultOnce(log, "worker heartbeat failed")
+
+    @property
+    def lease(self) -> float:
+        return 3 * self.interval
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self.last_beat < self.lease
+
+    def wake(self) -> None:
+        """Beat now rather than at the next interval (after Redis came back)."""
+        self._wake.set()
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            self.beat()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def beat(self) -> None:
+        try:
+            if self.registry.beat(self.lease):
+                count = self.reassert()
+                if count:
+                    log.warning("lease was lost; records of %d connections re-asserted", count)
+            self.last_beat = time.monotonic()
+            swept = sweep_expired(self.registry)
+        except RedisError:
+            self._fault.fault(worker=self.registry.worker_id)
+            return
+        self._fault.clear()
+        if swept:
+            log.info("swept the records of %d connections of dead workers", swept)
+
+
+def sweep_expired(registry: Registry) -> int:
+    """Remove the records of every worker whose lease ended; return connections removed."""
+    removed = 0
+    for worker in registry.expired():
+        removed += registry.drop_worker(worker)
+        metrics.SWEEPS.inc()
+    return removed
+
+
+@dataclass(frozen=True)
+class WorkerName:
+    """A worker id, ``host:pid:nonce``: unique across hosts, processes and restarts."""
+
+    host: str
+    pid: int
+
+    @staticmethod
+    def new() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @classmethod
+    def parse(cls, worker_id: str) -> WorkerName | None:
+        parts = worker_id.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]))
+
+    def process_gone(self) -> bool:
+        """True when this worker ran on this host and its process is gone."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def sweep(registry: Registry) -> dict[str, int]:
+    """``gateway sweep``: remove the records of every dead worker now.
+
+    Dead: its lease ended, or it ran on this host and its process is gone, or
+    it holds records without any lease. A live worker wrongly swept (a stall
+    longer than three beats) re-asserts its records at its next beat.
+    """
+    leases = registry.workers()
+    dead = set(registry.expired())
+    for worker in registry.owners() | set(leases):
+        name = WorkerName.parse(worker)
+        if worker not in leases or (name is not None and name.process_gone()):
+            dead.add(worker)
+    return {worker: registry.drop_worker(worker) for worker in sorted(dead)}
+
+
+def sweep_process(registry: Registry, pid: int, host: str | None = None) -> int:
+    """Remove the records of the worker process ``pid`` of this host (gunicorn's ``child_exit``)."""
+    target = WorkerName(host or socket.gethostname(), pid)
+    removed = 0
+    for worker in registry.owners() | set(registry.workers()):
+        if WorkerName.parse(worker) == target:
+            removed += registry.drop_worker(worker)
+    return removed

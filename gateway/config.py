@@ -163,6 +163,10 @@ class Config:
     max_message_bytes: int = setting(
         "GATEWAY_MAX_MESSAGE_BYTES", _whole(256, 16 * 1024 * 1024), "largest inbound client message", default=65536
     )
+    send_queue_limit: int = setting(
+        "GATEWAY_SEND_QUEUE_LIMIT", _whole(16, 1_000_000), "packets queued for one client before it is cut off",
+        default=1000,
+    )
     heartbeat_seconds: float = setting(
         "GATEWAY_HEARTBEAT_SECONDS", _seconds(0.1, 3600), "worker liveness refresh", default=5.0
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import request
@@ -60,15 +60,39 @@ def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
     return guarded
 
 
+class Connection:
+    """What this worker knows of one live connection: its user and topics."""
+
+    __slots__ = ("user", "topics")
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.topics: set[str] = set()
+
+
 class Gateway:
-    """The handlers of one worker, bound to its registry and token verifier."""
+    """The handlers of one worker, bound to its registry and token verifier.
+
+    ``connections`` mirrors this worker's records, so that they can be
+    re-asserted when Redis lost them.
+    """
 
     def __init__(self, registry: Registry, verifier: TokenVerifier, topics: tuple[str, ...]) -> None:
         self.registry = registry
         self.verifier = verifier
         self.topics = frozenset(topics)
-        self.users: dict[str, str] = {}
+        self.connections: dict[str, Connection] = {}
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
+
+    def held(self) -> Iterator[tuple[str, str, set[str]]]:
+        """Every live connection with topics: ``(sid, user, topics)``."""
+        for sid, connection in list(self.connections.items()):
+            if connection.topics:
+                yield sid, connection.user, set(connection.topics)
+
+    def reassert(self) -> int:
+        """Record every live subscription of this worker again."""
+        return self.registry.reassert(self.held())
 
     def register(self, socketio: SocketIO) -> None:
         socketio.on_event("connect", self.connect)
@@ -84,23 +108,24 @@ class Gateway:
             metrics.CONNECT_REFUSED.labels(reason=exc.reason).inc()
             log.debug("connection refused: %s", exc, extra={"sid": request.sid})
             raise Unauthorized(exc.reason) from None
-        self.users[request.sid] = user
+        self.connections[request.sid] = Connection(user)
         metrics.CONNECTIONS.inc()
         log.debug("connected", extra={"user": user, "sid": request.sid})
 
     def disconnect(self, reason: object = None) -> None:
         sid = request.sid
-        user = self.users.pop(sid, None)
-        if user is None:
+        connection = self.connections.pop(sid, None)
+        if connection is None:
             return
         metrics.CONNECTIONS.dec()
-        release_connection(self.registry, sid, user=user)
+        release_connection(self.registry, sid, user=connection.user)
 
     @answers
     def subscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, user = request.sid, self.users.get(request.sid)
-        if user is None:
+        sid, connection = request.sid, self.connections.get(request.sid)
+        if connection is None:
             return NOT_CONNECTED.ack()
+        user = connection.user
         try:
             wanted = protocol.parse_subscribe(payload, self.topics)
         except BadRequest as exc:
@@ -116,7 +141,8 @@ class Gateway:
                 leave_room(room)
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
-        if sid not in self.users:  # disconnected while Redis answered
+        connection.topics.update(wanted.topics)
+        if sid not in self.connections:  # disconnected while Redis answered
             release_connection(self.registry, sid, user=user)
         for topic in wanted.topics:
             metrics.SUBSCRIBES.labels(topic=topic).inc()
@@ -124,21 +150,24 @@ class Gateway:
 
     @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, user = request.sid, self.users.get(request.sid)
-        if user is None:
+        sid, connection = request.sid, self.connections.get(request.sid)
+        if connection is None:
             return NOT_CONNECTED.ack()
+        user = connection.user
         try:
             topics = protocol.parse_unsubscribe(payload, self.topics)
         except BadRequest as exc:
             return self._refuse(exc, user)
+        named = sorted(self.topics) if topics is None else topics
         joined = set(rooms(sid))
-        held = [t for t in (topics or sorted(self.topics)) if protocol.room_name(t, user) in joined]
+        held = [t for t in named if protocol.room_name(t, user) in joined]
         try:
             self.registry.release(sid, topics)
         except RedisError:
             self._redis_fault.fault(user=user, sid=sid)
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
+        connection.topics.difference_update(named)
         for topic in held:
             leave_room(protocol.room_name(topic, user))
         return {"ok": True, "topics": held}

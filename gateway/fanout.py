@@ -39,9 +39,12 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     name = "gateway-fanout"
 
-    def __init__(self, channel: str, redis_factory: Callable[[], redis.Redis]) -> None:
+    def __init__(
+        self, channel: str, redis_factory: Callable[[], redis.Redis], on_reconnect: Callable[[], None] = lambda: None
+    ) -> None:
         super().__init__(url="redis://", channel=channel, logger=log)
         self._redis_factory = redis_factory
+        self._on_reconnect = on_reconnect
         self._stopping = threading.Event()
         self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
         self.listening = False
@@ -72,6 +75,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                     if failures:
                         log.warning("fan-out listener receiving again after %d failed attempts", failures)
                         metrics.REDIS_RECONNECTS.inc()
+                        self._on_reconnect()
                     failures = 0
                 message = self.pubsub.get_message(timeout=POLL_SECONDS)
             except RedisError as exc:

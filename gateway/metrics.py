@@ -28,6 +28,9 @@ SUBSCRIBES = Counter(
 SEND_FAILURES = Counter(
     "gateway_send_failures_total", "Writes to a client that failed, by reason (client_gone is normal).", ["reason"]
 )
+SWEEPS = Counter(
+    "gateway_sweeps_total", "Dead workers whose records were removed."
+)
 REDIS_RECONNECTS = Counter(
     "gateway_redis_reconnects_total", "Times the fan-out listener reconnected to Redis."
 )

@@ -33,17 +33,20 @@ def retry_policy(retries: int = 4) -> Retry:
     )
 
 
-def connect(url: str, *, name: str, command_timeout: float | None = COMMAND_TIMEOUT) -> redis.Redis:
+def connect(
+    url: str, *, name: str, command_timeout: float | None = COMMAND_TIMEOUT, retries: int = 4
+) -> redis.Redis:
     """Return a client for ``url`` (``redis``, ``rediss``, ``unix``, ``redis+sentinel``).
 
-    No connection is opened until the first command.
+    No connection is opened until the first command. ``retries=0`` for
+    callers that must not wait, like gunicorn's master in a hook.
     """
     options = {
         "client_name": name,
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": command_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "retry": retry_policy(),
+        "retry": retry_policy(retries),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
     }
     if urlparse(url).scheme == "redis+sentinel":

@@ -9,6 +9,10 @@ Guarantees:
 - Records are owned by a worker (``worker:<id>`` lists its connections), so
   the records of a worker that died can be found and removed whole.
 - Reads are plain set reads: consistent per call, not across calls.
+- Liveness is a lease: ``workers`` maps each worker to the end of its lease
+  on Redis's clock. A worker renews it every beat; the records of a worker
+  whose lease ended are removed by any live worker or ``gateway sweep``. A
+  worker that finds its lease new (Redis lost it) re-asserts its records.
 - When Redis is away, every call raises :class:`redis.exceptions.RedisError`
   after the client's retries; nothing is queued or silently dropped.
 
@@ -46,6 +50,9 @@ class Registry:
         self.worker_id = worker_id
         self._subscribe = load_script(client, "subscribe")
         self._release = load_script(client, "release")
+        self._heartbeat = load_script(client, "heartbeat")
+        self._expired = load_script(client, "expired")
+        self._forget_worker = load_script(client, "forget_worker")
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -70,6 +77,46 @@ class Registry:
         args = [self.prefix, owner, connection_id(owner, sid), *names]
         return sorted(as_set(self._release(args=args)))
 
+    def reassert(self, held: Iterable[tuple[str, str, Iterable[str]]], batch: int = 500) -> int:
+        """Record again every ``(sid, user, topics)`` this worker holds; return how many.
+
+        Used when Redis lost this worker's records (a restart without data, or
+        a sweep during a long stall). Pipelined ``batch`` scripts at a time.
+        """
+        count = 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sid, user, topics in held:
+                names = list(topics)
+                if not names:
+                    continue
+                args = [self.prefix, self.worker_id, connection_id(self.worker_id, sid), user, *names]
+                self._subscribe(args=args, client=pipe)
+                count += 1
+                if count % batch == 0:
+                    pipe.execute()
+            pipe.execute()
+        return count
+
+    # Leases and sweeping.
+
+    def beat(self, lease_seconds: float) -> bool:
+        """Renew this worker's lease; ``True`` when it was new (re-assert)."""
+        return bool(self._heartbeat(args=[self.prefix, self.worker_id, int(lease_seconds * 1000)]))
+
+    def workers(self) -> dict[str, float]:
+        """Every worker with a lease: id -> lease end (Unix seconds)."""
+        return {member.decode(): score / 1000 for member, score in self.redis.zrange(self.key("workers"), 0, -1,
+                                                                                     withscores=True)}
+
+    def owners(self) -> set[str]:
+        """Every worker that holds records, with or without a lease."""
+        start = len(self.key("worker", ""))
+        return {key.decode()[start:] for key in self.redis.scan_iter(self.key("worker", "*"), count=1000)}
+
+    def expired(self) -> list[str]:
+        """Workers whose lease ended."""
+        return sorted(as_set(self._expired(args=[self.prefix])))
+
     def connections(self, worker_id: str) -> dict[str, str]:
         """The connections a worker holds records for: sid -> user."""
         held = self.redis.hgetall(self.key("worker", worker_id))
@@ -86,6 +133,7 @@ class Registry:
         held = self.connections(worker_id)
         for sid in held:
             self.release(sid, worker_id=worker_id)
+        self._forget_worker(args=[self.prefix, worker_id])
         return len(held)
 
     # Reads, for workers, publishers and operators.

@@ -9,9 +9,6 @@ Redis client, registry, fan-out, handlers and HTTP endpoints together.
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from functools import partial
 
 from flask import Flask
@@ -19,18 +16,13 @@ from flask_socketio import SocketIO
 
 from gateway import health, logs
 from gateway.auth import TokenVerifier
-from gateway.cleanup import ClientGoneMiddleware
+from gateway.cleanup import ClientGoneMiddleware, Heartbeat, OutboundLimit, WorkerName
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.redis_client import connect
 from gateway.subscriptions import Registry
 from gateway.worker import GatewayWorker
-
-
-def new_worker_id() -> str:
-    """Unique across hosts, processes and restarts: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -41,9 +33,14 @@ def create_app(config: Config | None = None) -> Flask:
     assert config.redis_url is not None  # validate() guarantees it
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
-    registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
-    fanout = FanoutManager(config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None))
+    registry = Registry(client, config.key_prefix, worker_id=WorkerName.new())
     gateway = Gateway(registry, TokenVerifier(config), config.topics)
+    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert)
+    fanout = FanoutManager(
+        config.channel,
+        partial(connect, redis_url, name="gateway-fanout", command_timeout=None),
+        on_reconnect=heartbeat.wake,
+    )
 
     app = Flask("gateway")
     socketio = SocketIO(
@@ -59,9 +56,11 @@ def create_app(config: Config | None = None) -> Flask:
         engineio_logger=False,
     )
     gateway.register(socketio)
-    app.register_blueprint(health.blueprint([health.redis_answers(client.ping), _listener_check(fanout)]))
+    OutboundLimit(socketio.server, config.send_queue_limit)
+    checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
+    app.register_blueprint(health.blueprint(checks))
     app.wsgi_app = ClientGoneMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio)
+    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio, heartbeat)
     return app
 
 
@@ -69,6 +68,13 @@ def _cors(config: Config) -> str | list[str] | None:
     if config.cors_origins is None:
         return None
     return "*" if config.cors_origins == ("*",) else list(config.cors_origins)
+
+
+def _lease_check(heartbeat: Heartbeat) -> health.Check:
+    def check() -> str | None:
+        return None if heartbeat.fresh else "worker heartbeat is not fresh"
+
+    return check
 
 
 def _listener_check(fanout: FanoutManager) -> health.Check:

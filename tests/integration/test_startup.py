@@ -96,6 +96,7 @@ def test_sentinel_redis_url(
             publisher.publish(user, "orders", {"id": 1})
         assert client.wait_events("orders", 1)[0]["data"] == {"id": 1}
         client.close()
+        assert gateway.stop() == 0
     finally:
         sentinel.stop()
 

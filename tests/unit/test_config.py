@@ -73,6 +73,7 @@ def test_publisher_config_needs_nothing_from_the_environment() -> None:
         ("GATEWAY_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("GATEWAY_LOG_FORMAT", "JSON", "log_format", "json"),
         ("GATEWAY_HEARTBEAT_SECONDS", "0.5", "heartbeat_seconds", 0.5),
+        ("GATEWAY_SEND_QUEUE_LIMIT", "64", "send_queue_limit", 64),
     ],
 )
 def test_good_values_are_parsed(variable: str, value: str, attribute: str, expected: object) -> None:
@@ -116,6 +117,8 @@ BAD_VALUES = [
     ("GATEWAY_MAX_MESSAGE_BYTES", "255"),
     ("GATEWAY_MAX_MESSAGE_BYTES", str(16 * 1024 * 1024 + 1)),
     ("GATEWAY_MAX_MESSAGE_BYTES", "64k"),
+    ("GATEWAY_SEND_QUEUE_LIMIT", "0"),
+    ("GATEWAY_SEND_QUEUE_LIMIT", "lots"),
     ("GATEWAY_HEARTBEAT_SECONDS", "0"),
     ("GATEWAY_HEARTBEAT_SECONDS", "-1"),
     ("GATEWAY_HEARTBEAT_SECONDS", "often"),
