@@ -6,6 +6,7 @@ stops the master before any worker starts, with one line naming the variable.
 """
 
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -45,6 +46,11 @@ timeout = 30
 # records (SIGTERM, SIGHUP reload, max-requests) before it is killed.
 graceful_timeout = 20
 
+# Worker recycling after N requests is off, and would stay off if set: the
+# gevent-websocket worker serves through gevent's pywsgi handler, which never
+# counts requests for gunicorn. Recycle workers with SIGHUP (systemctl reload).
+max_requests = 0
+
 # Seconds an idle HTTP keep-alive connection (health probes) stays open.
 keepalive = 5
 
@@ -79,27 +85,20 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    """In the master, after any worker exit, SIGKILL included: drop what it left."""
-    from prometheus_client import multiprocess
-    from redis.exceptions import RedisError
+    """In the master, after any worker exit, SIGKILL included: drop what it left.
 
-    from gateway.cleanup import sweep_process
-    from gateway.redis_client import connect
-    from gateway.subscriptions import Registry
+    The sweep runs as ``gateway sweep --pid`` in a process of its own: the
+    master never imports redis (a worker forked after that would inherit
+    modules imported before gevent patched them) and never waits on Redis.
+    A sweep that fails leaves the records to the live workers' lease sweep.
+    """
+    from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    # The master must not stall on a Redis outage: one try, short timeouts;
-    # the lease sweep of the live workers is the fallback.
-    client = connect(_config.redis_url, name="gateway-master", command_timeout=2, retries=0)
-    try:
-        removed = sweep_process(Registry(client, _config.key_prefix), worker.pid)
-    except RedisError as exc:
-        server.log.warning("records of worker %s left to the lease sweep: %s", worker.pid, exc)
-        return
-    finally:
-        client.close()
-    if removed:
-        server.log.info("removed the records of %d connections of worker %s", removed, worker.pid)
+    subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "sweep", "--pid", str(worker.pid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )
 
 
 def post_worker_init(worker):

@@ -114,18 +114,42 @@ class ClientGoneMiddleware:
             return []
 
 
-def release_connection(registry: Registry, sid: str, **context: Any) -> None:
-    """Remove every record of a closed connection; never raises.
+class Releases:
+    """Removes the records of closed connections, and retries what Redis refused.
 
-    A Redis failure here is logged once at ERROR with its traceback: the
-    records stay until the worker's lease sweep or ``gateway sweep``.
+    ``release`` never raises. A release that fails (Redis away) is kept and
+    retried at every heartbeat, so that the registry stops reporting a
+    connection that is gone as soon as Redis answers again; the outage is
+    logged once at ERROR, not once per connection.
     """
-    try:
-        removed = registry.release(sid)
-    except RedisError:
-        log.exception("could not remove the records of a closed connection", extra={"sid": sid, **context})
-        return
-    log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.pending: set[str] = set()
+        self._fault = FaultOnce(log, "could not remove the records of closed connections")
+
+    def release(self, sid: str, **context: Any) -> None:
+        try:
+            removed = self.registry.release(sid)
+        except RedisError:
+            self.pending.add(sid)
+            self._fault.fault(sid=sid, **context)
+            return
+        log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
+
+    def retry(self) -> int:
+        """Release again what failed before; return how many succeeded."""
+        done = 0
+        for sid in list(self.pending):
+            try:
+                self.registry.release(sid)
+            except RedisError:
+                self._fault.fault(sid=sid)
+                return done
+            self.pending.discard(sid)
+            done += 1
+        self._fault.clear()
+        return done
 
 
 class OutboundLimit:
@@ -171,15 +195,18 @@ class Heartbeat:
 
     Each beat renews the lease for three beats; when Redis reports the lease
     as new (it lost this worker's records), ``reassert`` records every live
-    connection again. Then the records of every worker whose lease ended are
-    removed. ``fresh`` tells ``/readyz`` whether the last beat succeeded
+    connection again. Then releases that failed are retried, and the records
+    of every worker whose lease ended are removed. ``fresh`` tells ``/readyz`` whether the last beat succeeded
     within three beats.
     """
 
-    def __init__(self, registry: Registry, interval: float, reassert: Callable[[], int]) -> None:
+    def __init__(
+        self, registry: Registry, interval: float, reassert: Callable[[], int], releases: Releases
+    ) -> None:
         self.registry = registry
         self.interval = interval
         self.reassert = reassert
+        self.releases = releases
         self.last_beat = float("-inf")
         self._wake = threading.Event()
         self._fault = FaultOnce(log, "worker heartbeat failed")
@@ -209,6 +236,7 @@ class Heartbeat:
                 if count:
                     log.warning("lease was lost; records of %d connections re-asserted", count)
             self.last_beat = time.monotonic()
+            self.releases.retry()
             swept = sweep_expired(self.registry)
         except RedisError:
             self._fault.fault(worker=self.registry.worker_id)

@@ -58,6 +58,35 @@ def token(user: str, ttl: int) -> None:
         raise click.BadParameter(str(exc), param_hint="USER") from None
 
 
+@cli.command()
+@click.option("--pid", type=int, help="Only the worker process PID of this host (gunicorn's child_exit).")
+def sweep(pid: int | None) -> None:
+    """Remove now the records of dead workers: lease ended, or process gone on this host."""
+    from gateway.cleanup import sweep as sweep_dead
+    from gateway.cleanup import sweep_process
+    from gateway.redis_client import connect
+    from gateway.subscriptions import Registry
+
+    config = _config()
+    if not config.redis_url:
+        raise ConfigError("GATEWAY_REDIS_URL", "is not set")
+    client = connect(config.redis_url, name="gateway-sweep", command_timeout=2, retries=1)
+    try:
+        registry = Registry(client, config.key_prefix)
+        if pid is not None:
+            removed = sweep_process(registry, pid)
+            if removed:
+                log = logging.getLogger("gateway.cli")
+                log.info("removed the records of %d connections of worker %d", removed, pid)
+            return
+        swept = sweep_dead(registry)
+    finally:
+        client.close()
+    for worker, connections in swept.items():
+        click.echo(f"{worker}: {connections} connections removed")
+    click.echo(f"swept {len(swept)} dead workers")
+
+
 @cli.command("check-config")
 def check_config() -> None:
     """Validate the environment and print the effective settings, secrets masked."""

@@ -143,7 +143,9 @@ class Config:
     )
     bind: str = setting("GATEWAY_BIND", _bind, "gunicorn bind address", default="127.0.0.1:8000")
     workers: int = setting("GATEWAY_WORKERS", _whole(1, 256), "gunicorn worker processes", default_factory=_cpu_count)
-    jwt_secret: str | None = setting("GATEWAY_JWT_SECRET", _text, "HS256 key for client tokens", default=None, repr=False)
+    jwt_secret: str | None = setting(
+        "GATEWAY_JWT_SECRET", _text, "HS256 key for client tokens", default=None, repr=False
+    )
     jwt_public_key: str | None = setting(
         "GATEWAY_JWT_PUBLIC_KEY", _pem_file, "path to a PEM public key (RS256 or ES256)", default=None, repr=False
     )

@@ -48,7 +48,9 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server")
     if server is None:
-        raise ConfigError("GATEWAY_REDIS_URL", "is unset and redis-server is not on PATH (apt-get install redis-server)")
+        raise ConfigError(
+            "GATEWAY_REDIS_URL", "is unset and redis-server is not on PATH (apt-get install redis-server)"
+        )
     sock = folder / "redis.sock"
     process = subprocess.Popen(
         [server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
@@ -102,7 +104,8 @@ def main() -> int:
                 redis_process, env["GATEWAY_REDIS_URL"] = start_redis(Path(folder))
                 log.info("embedded redis-server at %s", env["GATEWAY_REDIS_URL"])
             config = Config.from_env(env)
-            gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"], env=env)
+            command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"]
+            gunicorn = subprocess.Popen(command, env=env)
             base = f"http://{config.bind}"
             wait_for(lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None, START_SECONDS, "gateway")
             if gunicorn.poll() is not None:

@@ -21,7 +21,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
-from gateway.cleanup import release_connection
+from gateway.cleanup import Releases
 from gateway.errors import AuthError, BadRequest
 from gateway.logs import FaultOnce
 from gateway.subscriptions import Registry
@@ -32,6 +32,12 @@ Ack = dict[str, Any]
 UNAVAILABLE = BadRequest("unavailable", "The subscription store is unavailable; try again shortly.")
 INTERNAL = BadRequest("internal", "The gateway could not handle this message.")
 NOT_CONNECTED = BadRequest("not_connected", "This connection is not authenticated.")
+
+
+def current_sid() -> str:
+    """The Socket.IO session id of the event being handled (set by Flask-SocketIO)."""
+    sid: str = request.sid  # type: ignore[attr-defined]
+    return sid
 
 
 class Unauthorized(SocketIORefused):  # type: ignore[misc]
@@ -54,7 +60,7 @@ def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
         try:
             return handler(*args)
         except Exception:
-            log.exception("%s handler failed", handler.__name__, extra={"sid": request.sid})
+            log.exception("%s handler failed", handler.__name__, extra={"sid": current_sid()})
             return INTERNAL.ack()
 
     return guarded
@@ -82,6 +88,7 @@ class Gateway:
         self.verifier = verifier
         self.topics = frozenset(topics)
         self.connections: dict[str, Connection] = {}
+        self.releases = Releases(registry)
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
 
     def held(self) -> Iterator[tuple[str, str, set[str]]]:
@@ -106,23 +113,23 @@ class Gateway:
             user = self.verifier.verify(token)
         except AuthError as exc:
             metrics.CONNECT_REFUSED.labels(reason=exc.reason).inc()
-            log.debug("connection refused: %s", exc, extra={"sid": request.sid})
+            log.debug("connection refused: %s", exc, extra={"sid": current_sid()})
             raise Unauthorized(exc.reason) from None
-        self.connections[request.sid] = Connection(user)
+        self.connections[current_sid()] = Connection(user)
         metrics.CONNECTIONS.inc()
-        log.debug("connected", extra={"user": user, "sid": request.sid})
+        log.debug("connected", extra={"user": user, "sid": current_sid()})
 
     def disconnect(self, reason: object = None) -> None:
-        sid = request.sid
+        sid = current_sid()
         connection = self.connections.pop(sid, None)
         if connection is None:
             return
         metrics.CONNECTIONS.dec()
-        release_connection(self.registry, sid, user=connection.user)
+        self.releases.release(sid, user=connection.user)
 
     @answers
     def subscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, connection = request.sid, self.connections.get(request.sid)
+        sid, connection = current_sid(), self.connections.get(current_sid())
         if connection is None:
             return NOT_CONNECTED.ack()
         user = connection.user
@@ -143,14 +150,14 @@ class Gateway:
         self._redis_fault.clear()
         connection.topics.update(wanted.topics)
         if sid not in self.connections:  # disconnected while Redis answered
-            release_connection(self.registry, sid, user=user)
+            self.releases.release(sid, user=user)
         for topic in wanted.topics:
             metrics.SUBSCRIBES.labels(topic=topic).inc()
         return {"ok": True, "topics": {t: {"seq": seqs[t]} for t in wanted.topics}, "rejected": wanted.rejected}
 
     @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, connection = request.sid, self.connections.get(request.sid)
+        sid, connection = current_sid(), self.connections.get(current_sid())
         if connection is None:
             return NOT_CONNECTED.ack()
         user = connection.user
@@ -174,5 +181,5 @@ class Gateway:
 
     def _refuse(self, exc: BadRequest, user: str) -> Ack:
         metrics.BAD_REQUESTS.labels(error=exc.code).inc()
-        log.debug("bad request: %s", exc.message, extra={"user": user, "sid": request.sid})
+        log.debug("bad request: %s", exc.message, extra={"user": user, "sid": current_sid()})
         return exc.ack()

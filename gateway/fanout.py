@@ -124,7 +124,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 "enter_room": self._handle_enter_room,
                 "leave_room": self._handle_leave_room,
                 "close_room": self._handle_close_room,
-            }.get(method)
+            }.get(str(method))
         if handler is None:
             log.warning("fan-out skipped a message with method %r", method)
             return

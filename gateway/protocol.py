@@ -157,14 +157,15 @@ def update_envelope(*, topic: str, user: str, ts: float, data_json: str, host_id
     """
     if not math.isfinite(ts):
         raise ValueError("ts must be finite")
-    head = (
-        '{"method":"emit","event":%s,"data":[{"topic":%s,"user_id":%s,"seq":'
-        % (json.dumps(topic), json.dumps(topic), json.dumps(user))
+    q = json.dumps
+    head = "".join(
+        ['{"method":"emit","event":', q(topic), ',"data":[{"topic":', q(topic), ',"user_id":', q(user), ',"seq":']
     )
-    tail = ',"ts":%s,"data":%s}],"binary":false,"namespace":%s,"room":%s,' \
-        '"skip_sid":null,"callback":null,"host_id":%s}' % (
-            repr(round(ts, 6)), data_json, json.dumps(NAMESPACE),
-            json.dumps(room_name(topic, user)), json.dumps(host_id))
+    tail = "".join([
+        ',"ts":', repr(round(ts, 6)), ',"data":', data_json, '}],"binary":false',
+        ',"namespace":', q(NAMESPACE), ',"room":', q(room_name(topic, user)),
+        ',"skip_sid":null,"callback":null,"host_id":', q(host_id), "}",
+    ])
     return Envelope(head, tail)
 
 
@@ -179,9 +180,14 @@ def parse_topics(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply item as a string."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def as_set(values: Iterable[bytes | str]) -> set[str]:
     """Decode a Redis set reply into a set of strings."""
-    return {v.decode() if isinstance(v, bytes) else v for v in values}
+    return {text(v) for v in values}
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -52,5 +52,6 @@ def connect(
     if urlparse(url).scheme == "redis+sentinel":
         sentinels, service, auth = parse_redis_sentinel_url(url)
         sentinel = Sentinel(sentinels, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
-        return sentinel.master_for(service or "mymaster", **options, **auth)
+        primary: redis.Redis = sentinel.master_for(service or "mymaster", **options, **auth)
+        return primary
     return redis.Redis.from_url(url, **options)

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib import resources
+from typing import Any
 
 import redis
 
-from gateway.protocol import as_set
+from gateway.protocol import as_set, text
 
 
 def load_script(client: redis.Redis, name: str) -> redis.commands.core.Script:
@@ -66,7 +67,7 @@ class Registry:
             return {}
         conn = connection_id(self.worker_id, sid)
         seqs = self._subscribe(args=[self.prefix, self.worker_id, conn, user, *names])
-        return dict(zip(names, (int(seq) for seq in seqs)))
+        return dict(zip(names, (int(seq) for seq in seqs), strict=False))
 
     def release(self, sid: str, topics: Iterable[str] | None = None, *, worker_id: str | None = None) -> list[str]:
         """Remove ``topics`` (default: all) of connection ``sid``; return those removed."""
@@ -105,13 +106,13 @@ class Registry:
 
     def workers(self) -> dict[str, float]:
         """Every worker with a lease: id -> lease end (Unix seconds)."""
-        return {member.decode(): score / 1000 for member, score in self.redis.zrange(self.key("workers"), 0, -1,
-                                                                                     withscores=True)}
+        leases: list[Any] = self.redis.zrange(self.key("workers"), 0, -1, withscores=True)
+        return {text(member): float(score) / 1000 for member, score in leases}
 
     def owners(self) -> set[str]:
         """Every worker that holds records, with or without a lease."""
         start = len(self.key("worker", ""))
-        return {key.decode()[start:] for key in self.redis.scan_iter(self.key("worker", "*"), count=1000)}
+        return {text(key)[start:] for key in self.redis.scan_iter(self.key("worker", "*"), count=1000)}
 
     def expired(self) -> list[str]:
         """Workers whose lease ended."""
@@ -121,7 +122,7 @@ class Registry:
         """The connections a worker holds records for: sid -> user."""
         held = self.redis.hgetall(self.key("worker", worker_id))
         start = len(worker_id) + 1
-        return {conn.decode()[start:]: user.decode() for conn, user in held.items()}
+        return {text(conn)[start:]: text(user) for conn, user in held.items()}
 
     def drop_worker(self, worker_id: str) -> int:
         """Remove every record of ``worker_id``; return how many connections it held.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from flask_socketio import SocketIO
@@ -30,6 +31,30 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 0.1
 
 
+class Draining:
+    """WSGI middleware: once the worker is stopping, it takes nothing new.
+
+    Until gunicorn closes the worker's listener (up to a second later), a
+    reconnecting client may still land here: its WebSocket is closed at once
+    and plain HTTP (``/readyz``) gets 503, so clients and the load balancer
+    retry elsewhere instead of keeping the old worker alive.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], stopping: threading.Event) -> None:
+        self.app = app
+        self.stopping = stopping
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self.stopping.is_set():
+            return self.app(environ, start_response)
+        ws = environ.get("wsgi.websocket")
+        if ws is not None:
+            ws.close()
+            return []
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
+        return [b"worker stopping\n"]
+
+
 @dataclass
 class GatewayWorker:
     config: Config
@@ -39,7 +64,7 @@ class GatewayWorker:
     gateway: Gateway
     socketio: SocketIO
     heartbeat: Heartbeat
-    stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    stopping: threading.Event
     stopped: bool = field(default=False, init=False)
 
     @property
@@ -65,9 +90,11 @@ class GatewayWorker:
     def stop(self) -> None:
         """Stop receiving, send every client away, remove this worker's records.
 
-        Clients are closed at the Engine.IO level ("transport close"), which
-        Socket.IO clients answer by reconnecting at once, to another worker
-        or instance. Safe to call twice; never raises.
+        Each client's transport is closed without an Engine.IO close packet:
+        clients see "transport close" and reconnect at once, to another worker
+        or instance (a close packet would read as a deliberate server
+        disconnect, after which python-socketio does not reconnect). Safe to
+        call twice; never raises.
         """
         if self.stopped:
             return
@@ -88,5 +115,5 @@ class GatewayWorker:
     def _close_clients(self) -> int:
         sockets = list(self.socketio.server.eio.sockets.values())
         for connection in sockets:
-            connection.close(wait=False)
+            connection.close(wait=False, abort=True)
         return len(sockets)

@@ -9,6 +9,7 @@ Redis client, registry, fan-out, handlers and HTTP endpoints together.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 
 from flask import Flask
@@ -22,7 +23,7 @@ from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.redis_client import connect
 from gateway.subscriptions import Registry
-from gateway.worker import GatewayWorker
+from gateway.worker import Draining, GatewayWorker
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -35,7 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     client = connect(redis_url, name="gateway-worker")
     registry = Registry(client, config.key_prefix, worker_id=WorkerName.new())
     gateway = Gateway(registry, TokenVerifier(config), config.topics)
-    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert)
+    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert, gateway.releases)
     fanout = FanoutManager(
         config.channel,
         partial(connect, redis_url, name="gateway-fanout", command_timeout=None),
@@ -59,8 +60,9 @@ def create_app(config: Config | None = None) -> Flask:
     OutboundLimit(socketio.server, config.send_queue_limit)
     checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
     app.register_blueprint(health.blueprint(checks))
-    app.wsgi_app = ClientGoneMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio, heartbeat)
+    stopping = threading.Event()
+    app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
+    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio, heartbeat, stopping)
     return app
 
 

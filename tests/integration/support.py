@@ -190,7 +190,8 @@ class Client:
 
     def __init__(self, url: str, token: str | None, *, user: str = "", **kwargs: Any) -> None:
         self.url, self.token, self.user = url, token, user
-        self.sio = socketio.Client(reconnection=False, **kwargs)
+        kwargs.setdefault("reconnection", False)
+        self.sio = socketio.Client(**kwargs)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.refused: list[Any] = []
         self._changed = threading.Condition()

@@ -108,7 +108,9 @@ def test_seed_style_flask_socketio_emit_reaches_the_room(gateway: GatewayProcess
         ("other-secret", "invalid_token"),
     ],
 )
-def test_bad_tokens_are_refused_with_the_contract_reason(gateway: GatewayProcess, token: str | None, reason: str) -> None:
+def test_bad_tokens_are_refused_with_the_contract_reason(
+    gateway: GatewayProcess, token: str | None, reason: str
+) -> None:
     import jwt
 
     if token == "expired":
@@ -152,7 +154,9 @@ def test_subscribe_reports_unknown_topics_and_current_seq(gateway: GatewayProces
         publisher.publish(user, "balance", {"usd": "1"})
     client = gateway.client(user).connect()
     ack = client.call("subscribe", {"topics": ["balance", "pnl", "foo"]})
-    assert ack == {"ok": True, "topics": {"balance": {"seq": 3}, "pnl": {"seq": 0}}, "rejected": {"foo": "unknown_topic"}}
+    assert ack == {
+        "ok": True, "topics": {"balance": {"seq": 3}, "pnl": {"seq": 0}}, "rejected": {"foo": "unknown_topic"}
+    }
     assert client.call("subscribe", "orders")["topics"] == {"orders": {"seq": 0}}
     client.close()
 

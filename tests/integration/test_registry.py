@@ -76,7 +76,7 @@ def test_concurrent_writes_from_two_workers_never_corrupt_the_records(
         registry = Registry(redis_server.client(), prefix, worker)
         rng = random.Random(seed)
         mine: dict[str, tuple[str, set[str]]] = {}
-        for step in range(400):
+        for _step in range(400):
             sid = f"s{rng.randrange(8)}"
             user, held = mine.get(sid, (rng.choice(users), set()))
             action = rng.random()

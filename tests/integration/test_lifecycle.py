@@ -1,0 +1,229 @@
+"""Workers that stop, reload, recycle or die: nothing left behind, clients sent on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from gateway.cleanup import sweep_expired
+from gateway.publisher import Publisher
+from gateway.subscriptions import Registry
+from tests.integration.support import (
+    REPO,
+    Client,
+    GatewayProcess,
+    RedisServer,
+    unclean_lines,
+    unique_user,
+    wait_for,
+)
+
+StartGateway = Callable[..., GatewayProcess]
+
+
+def registry_of(gateway: GatewayProcess) -> Registry:
+    return Registry(redis.Redis.from_url(gateway.config.redis_url), gateway.config.key_prefix)
+
+
+def live_keys(gateway: GatewayProcess) -> set[str]:
+    client = redis.Redis.from_url(gateway.config.redis_url)
+    return {key.decode() for key in client.scan_iter(f"{gateway.config.key_prefix}:*") if b":seq:" not in key}
+
+
+def subscribed_clients(gateway: GatewayProcess, count: int, topic: str = "balance") -> list[Client]:
+    clients = []
+    for _ in range(count):
+        client = gateway.client(unique_user()).connect()
+        client.subscribe(topic)
+        clients.append(client)
+    return clients
+
+
+def holders_by_pid(gateway: GatewayProcess) -> dict[int, set[str]]:
+    """Users whose records each worker process holds."""
+    registry = registry_of(gateway)
+    return {int(worker.split(":")[-2]): set(registry.connections(worker).values()) for worker in registry.owners()}
+
+
+def test_kill_9_of_a_worker_removes_its_records_at_once(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_HEARTBEAT_SECONDS="1")
+    clients = subscribed_clients(gateway, 40)
+    holders = wait_for(lambda: (h := holders_by_pid(gateway)) and len(h) == 2 and h, 10, "both workers hold clients")
+    victim, survivor = sorted(holders, key=lambda pid: -len(holders[pid]))
+    registry = registry_of(gateway)
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not any(registry.is_subscribed(u, "balance") for u in holders[victim]), 3, "victim's records")
+    elapsed = time.monotonic() - killed_at
+    assert all(registry.is_subscribed(u, "balance") for u in holders[survivor])
+    assert elapsed < 3 * gateway.config.heartbeat_seconds
+    wait_for(lambda: len(gateway.worker_pids()) == 2 and gateway.http("/readyz").status_code == 200, 20, "respawned")
+    for client in clients:
+        client.close()
+    wait_for(lambda: live_keys(gateway) <= {f"{gateway.config.key_prefix}:workers"}, 5, "every record removed")
+
+
+def test_a_live_worker_sweeps_a_silent_workers_records(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_HEARTBEAT_SECONDS="0.3")
+    client = redis.Redis.from_url(gateway.config.redis_url)
+    ghost = Registry(client, gateway.config.key_prefix, "other-host:4242:feedbeef")
+    ghost.beat(0.9)
+    ghost.subscribe("sid1", "ghost-user", ["pnl", "orders"])
+    assert ghost.is_subscribed("ghost-user", "pnl")
+    wait_for(lambda: ghost.user_topics("ghost-user") == set(), 5, "ghost swept within about three beats")
+    assert "other-host:4242:feedbeef" not in ghost.workers()
+    assert "swept the records of 1 connections of dead workers" in gateway.log()
+
+
+def test_gateway_sweep_removes_dead_workers_now(redis_server: RedisServer, prefix: str) -> None:
+    client = redis_server.client()
+    dead_pid = dead_process_pid()
+    hostname = os.uname().nodename
+    dead = Registry(client, prefix, f"{hostname}:{dead_pid}:0badf00d")
+    dead.beat(3600)
+    dead.subscribe("s", "7", ["balance"])
+    orphan = Registry(client, prefix, "elsewhere:12:cafe0000")
+    orphan.subscribe("s", "8", ["pnl"])
+    alive = Registry(client, prefix, f"{hostname}:{os.getpid()}:a11ce000")
+    alive.beat(3600)
+    alive.subscribe("s", "9", ["orders"])
+    env = {**os.environ, "GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_KEY_PREFIX": prefix}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "sweep"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "swept 2 dead workers"
+    assert alive.user_topics("7") == set() and alive.user_topics("8") == set()
+    assert alive.user_topics("9") == {"orders"}
+    assert sweep_expired(alive) == 0
+
+
+def dead_process_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(10)
+    return process.pid
+
+
+def test_sigterm_sends_clients_away_and_leaves_no_records(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+    clients = subscribed_clients(gateway, 20)
+    reasons: list[str] = []
+    for client in clients:
+        client.sio.on("disconnect", lambda reason=None: reasons.append(str(reason)))
+    started = time.monotonic()
+    assert gateway.stop(signal.SIGTERM) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < gateway_graceful_timeout()
+    wait_for(lambda: len(reasons) == len(clients), 10, "every client told")
+    # A transport loss, not a server disconnect: Socket.IO clients reconnect.
+    assert set(reasons) <= {"transport close", "transport error"}
+    assert live_keys(gateway) == set()
+    assert unclean_lines(gateway.log()) == []
+
+
+def gateway_graceful_timeout() -> float:
+    text = (REPO / "gunicorn.conf.py").read_text()
+    return float(text.split("\ngraceful_timeout = ", 1)[1].split("\n", 1)[0])
+
+
+def test_sighup_reload_moves_clients_to_new_workers(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+    clients = [
+        gateway.client(unique_user(), reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.5)
+        for _ in range(10)
+    ]
+    for client in clients:
+        client.connect().subscribe("balance")
+    old_pids = set(gateway.worker_pids())
+    assert gateway.process is not None
+    gateway.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: not old_pids & set(gateway.worker_pids()) and len(gateway.worker_pids()) == 2, 30, "reloaded")
+    registry = registry_of(gateway)
+    wait_for(lambda: registry.subscribers("balance") == set(), 10, "old workers' records removed")
+    wait_for(lambda: all(c.sio.connected for c in clients), 20, "every client reconnected")
+    with Publisher(config=gateway.config) as publisher:
+        for client in clients:
+            client.subscribe("balance")
+            publisher.publish(client.user, "balance", {"usd": "1"})
+            assert client.wait_events("balance", 1)[0]["seq"] == 1
+    owners = {int(worker.split(":")[-2]) for worker in registry.owners()}
+    assert owners and owners <= set(gateway.worker_pids())
+    for client in clients:
+        client.close()
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_half_open_client_is_dropped_within_the_ping_timeout(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="2")
+    user = unique_user()
+    frozen = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert frozen.stdout is not None and frozen.stdout.readline().strip() == "subscribed"
+        registry = registry_of(gateway)
+        assert registry.is_subscribed(user, "balance")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        wait_for(lambda: not registry.is_subscribed(user, "balance"), 10, "half-open client dropped")
+    finally:
+        frozen.kill()
+        frozen.wait(10)
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_SEND_QUEUE_LIMIT="200")
+    user = unique_user()
+    stalled = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert stalled.stdout is not None and stalled.stdout.readline().strip() == "subscribed"
+        (worker,) = gateway.worker_pids()
+        before = rss_bytes(worker)
+        os.kill(stalled.pid, signal.SIGSTOP)
+        registry = registry_of(gateway)
+        payload = {"pad": "x" * 16_000}
+        with Publisher(config=gateway.config) as publisher:
+            for _ in range(3000):  # 48 MB at a client that reads nothing
+                publisher.publish(user, "balance", payload)
+        wait_for(lambda: not registry.is_subscribed(user, "balance"), 10, "slow client cut off")
+        growth = rss_bytes(worker) - before
+    finally:
+        stalled.kill()
+        stalled.wait(10)
+    assert growth < 24 * 1024 * 1024, f"worker grew {growth / 1e6:.1f} MB"
+    assert 'gateway_send_failures_total{reason="slow_client"} 1.0' in gateway.http("/metrics").text
+    assert unclean_lines(gateway.log()) == []
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_churn_leaves_the_same_keys_after_every_round(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+    steady = gateway.client(unique_user()).connect()
+    steady.subscribe("balance", "pnl")
+    baseline = live_keys(gateway)
+    for _ in range(4):
+        clients = [gateway.client(unique_user()).connect() for _ in range(50)]
+        for client in clients:
+            client.subscribe("balance", "positions", "pnl", "orders")
+        assert len(live_keys(gateway)) > len(baseline)
+        for client in clients:
+            client.close()
+        wait_for(lambda: live_keys(gateway) == baseline, 5, "only live state remains")
+    steady.close()
