@@ -12,6 +12,7 @@ import tempfile
 
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.logs import gunicorn_logconfig
 
 try:
     _config = Config.from_env()
@@ -58,9 +59,11 @@ keepalive = 5
 # instances on one machine; the gateway is steered by signals instead.
 control_socket_disable = True
 
-# Log level and destination: stderr, at GATEWAY_LOG_LEVEL.
+# Log level and destination: stderr, at GATEWAY_LOG_LEVEL, in the gateway's
+# own format (GATEWAY_LOG_FORMAT: text, or json for one object a line).
 loglevel = _config.log_level.lower()
 errorlog = "-"
+logconfig_dict = gunicorn_logconfig(_config.log_level, _config.log_format)
 
 # Access log off: one line per WebSocket handshake adds noise, not insight;
 # /metrics counts connections instead.

@@ -87,6 +87,23 @@ def sweep(pid: int | None) -> None:
     click.echo(f"swept {len(swept)} dead workers")
 
 
+@cli.command()
+@click.option("--user", help="Show the topics USER is subscribed to.")
+@click.option("--topic", help="Show the users subscribed to TOPIC.")
+def subs(user: str | None, topic: str | None) -> None:
+    """Who is subscribed to what: for a user, a topic, or every topic."""
+    with Publisher(config=_config()) as publisher:
+        try:
+            if user is not None:
+                click.echo(" ".join(sorted(publisher.user_topics(user))))
+                return
+            for name in [topic] if topic is not None else list(publisher.config.topics):
+                users = sorted(publisher.subscribers(name))
+                click.echo(f"{name} ({len(users)}): {' '.join(users)}")
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+
+
 @cli.command("check-config")
 def check_config() -> None:
     """Validate the environment and print the effective settings, secrets masked."""

@@ -125,6 +125,8 @@ class Gateway:
         if connection is None:
             return
         metrics.CONNECTIONS.dec()
+        for topic in connection.topics:
+            metrics.SUBSCRIPTIONS.labels(topic=topic).dec()
         self.releases.release(sid, user=connection.user)
 
     @answers
@@ -148,11 +150,11 @@ class Gateway:
                 leave_room(room)
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
+        for topic in set(wanted.topics) - connection.topics:
+            metrics.SUBSCRIPTIONS.labels(topic=topic).inc()
         connection.topics.update(wanted.topics)
         if sid not in self.connections:  # disconnected while Redis answered
             self.releases.release(sid, user=user)
-        for topic in wanted.topics:
-            metrics.SUBSCRIBES.labels(topic=topic).inc()
         return {"ok": True, "topics": {t: {"seq": seqs[t]} for t in wanted.topics}, "rejected": wanted.rejected}
 
     @answers
@@ -174,6 +176,8 @@ class Gateway:
             self._redis_fault.fault(user=user, sid=sid)
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
+        for topic in connection.topics.intersection(named):
+            metrics.SUBSCRIPTIONS.labels(topic=topic).dec()
         connection.topics.difference_update(named)
         for topic in held:
             leave_room(protocol.room_name(topic, user))

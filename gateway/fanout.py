@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -111,6 +112,20 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             if isinstance(data, dict):
                 self._dispatch(data)
 
+    def _handle_emit(self, message: dict[str, Any]) -> None:
+        """Emit to the local room, counting what arrived and what went out."""
+        event = str(message.get("event"))
+        namespace = message.get("namespace") or "/"
+        members = self.rooms.get(namespace, {}).get(message.get("room"), ())
+        metrics.UPDATES_RECEIVED.labels(topic=event).inc()
+        if not members:
+            return
+        super()._handle_emit(message)
+        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members))
+        published = _published_at(message.get("data"))
+        if published is not None:
+            metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - published))
+
     def _dispatch(self, data: dict[str, Any]) -> None:
         method = data.get("method")
         if method == "callback":
@@ -132,3 +147,12 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             handler(data)
         except Exception:
             log.exception("fan-out of a %r message failed", method)
+
+
+def _published_at(data: object) -> float | None:
+    """The ``ts`` of a gateway update (``[{"ts": ...}]``), if it is one."""
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        ts = data[0].get("ts")
+        if isinstance(ts, float):
+            return ts
+    return None

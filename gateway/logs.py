@@ -62,6 +62,29 @@ def configure(level: str, log_format: str) -> None:
         logging.getLogger(name).setLevel(max(logging.ERROR, root.level))
 
 
+def gunicorn_logconfig(level: str, log_format: str) -> dict[str, Any]:
+    """gunicorn's ``logconfig_dict``: its error and access logs in the gateway's format."""
+    formatter: dict[str, Any] = {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "gateway",
+        "filters": ["context"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {"gateway": formatter},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+    }
+
+
 class FaultOnce:
     """A recurring fault (Redis away) logged at ERROR once, then at DEBUG until it clears."""
 

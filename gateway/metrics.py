@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 CONNECTIONS = Gauge(
     "gateway_connections", "Open client connections.", multiprocess_mode="livesum"
@@ -21,8 +29,20 @@ CONNECT_REFUSED = Counter(
 BAD_REQUESTS = Counter(
     "gateway_bad_requests_total", "Client messages answered with an error ack, by error code.", ["error"]
 )
-SUBSCRIBES = Counter(
-    "gateway_subscribes_total", "Topics subscribed, by topic.", ["topic"]
+SUBSCRIPTIONS = Gauge(
+    "gateway_subscriptions", "Live (connection, topic) subscriptions, by topic.", ["topic"],
+    multiprocess_mode="livesum",
+)
+UPDATES_RECEIVED = Counter(
+    "gateway_updates_received_total", "Updates a worker received from Redis, by topic (event).", ["topic"]
+)
+UPDATES_DELIVERED = Counter(
+    "gateway_updates_delivered_total", "Updates queued to a client connection, by topic (event).", ["topic"]
+)
+PUBLISH_TO_SEND = Histogram(
+    "gateway_publish_to_send_seconds",
+    "Seconds from an update's publish (its ts) to its fan-out to the connections of a worker.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 SEND_FAILURES = Counter(
     "gateway_send_failures_total", "Writes to a client that failed, by reason (client_gone is normal).", ["reason"]

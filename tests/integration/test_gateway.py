@@ -221,43 +221,49 @@ def test_user_on_two_devices_keeps_topic_until_the_last_leaves(gateway: GatewayP
 def test_clients_killed_during_a_push_flood_leave_clean_logs_and_no_records(
     gateway: GatewayProcess, publisher: Publisher
 ) -> None:
-    doomed = [unique_user() for _ in range(40)]
-    survivor = unique_user()
-    watcher = gateway.client(survivor).connect()
-    watcher.subscribe("balance")
+    """200 clients; half are killed (SIGKILL) while updates flood all of them."""
+    doomed = [unique_user() for _ in range(100)]
+    survivors = [gateway.client(unique_user()).connect() for _ in range(100)]
+    for client in survivors:
+        client.subscribe("balance")
     before = failures(gateway)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, *[gateway.token(u) for u in doomed]],
         cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    stop = threading.Event()
+    rounds = {"done": 0}
+
+    def flood() -> None:
+        while not stop.is_set():
+            for user in doomed:
+                publisher.publish(user, "balance", {"pad": "x" * 4000})
+            for client in survivors:
+                publisher.publish(client.user, "balance", {"round": rounds["done"]})
+            rounds["done"] += 1
+
+    pusher = threading.Thread(target=flood)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "subscribed", "doomed clients did not subscribe"
         assert all(publisher.is_subscribed(u, "balance") for u in doomed)
-        stop = threading.Event()
-        sent = {"survivor": 0}
-
-        def flood() -> None:
-            while not stop.is_set():
-                for user in doomed:
-                    publisher.publish(user, "balance", {"pad": "x" * 4000})
-                publisher.publish(survivor, "balance", {"n": sent["survivor"]})
-                sent["survivor"] += 1
-
-        pusher = threading.Thread(target=flood)
         pusher.start()
-        wait_for(lambda: sent["survivor"] >= 20, 30, "flood under way")
+        wait_for(lambda: rounds["done"] >= 3, 60, "flood under way")
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         wait_for(lambda: not any(publisher.is_subscribed(u, "balance") for u in doomed), 70, "doomed records removed")
-        stop.set()
-        pusher.join(30)
+        wait_for(lambda: rounds["done"] >= 6, 60, "flood goes on after the kill")
     finally:
+        stop.set()
+        if pusher.is_alive():
+            pusher.join(60)
         process.kill()
         process.wait()
-    received = watcher.wait_events("balance", sent["survivor"])
-    assert [u["seq"] for u in received] == list(range(1, sent["survivor"] + 1))
-    watcher.close()
+    for client in survivors:
+        received = client.wait_events("balance", rounds["done"], seconds=30)
+        assert [u["seq"] for u in received] == list(range(1, rounds["done"] + 1))
+        assert [u["data"]["round"] for u in received] == list(range(rounds["done"]))
+        client.close()
     assert unclean_lines(gateway.log()) == []
     assert failures(gateway) > before
 

@@ -1,0 +1,110 @@
+"""What operators use: metrics summed over workers, JSON logs, the gateway command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import redis
+import socketio
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.auth import TokenVerifier
+from gateway.config import Config
+from gateway.publisher import Publisher
+from gateway.subscriptions import Registry
+from tests.integration.support import REPO, SECRET, Client, GatewayProcess, RedisServer, unique_user, wait_for
+
+StartGateway = Callable[..., GatewayProcess]
+
+
+def samples(gateway: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = gateway.http("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    return samples(gateway).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_are_summed_over_workers(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_LOG_FORMAT="json")
+    users = [unique_user() for _ in range(12)]
+    clients = []
+    for user in users:
+        client = gateway.client(user).connect()
+        client.subscribe("balance", "pnl")
+        clients.append(client)
+    owners = wait_for(lambda: len(set(registry_owner_pids(gateway))) == 2, 10, "clients on both workers")
+    assert owners
+    assert metric(gateway, "gateway_connections") == 12
+    assert metric(gateway, "gateway_subscriptions", topic="balance") == 12
+    with Publisher(config=gateway.config) as publisher:
+        for user in users:
+            publisher.publish(user, "balance", {"usd": "1"})
+    for client in clients:
+        client.wait_events("balance", 1)
+    wait_for(lambda: metric(gateway, "gateway_updates_delivered_total", topic="balance") == 12, 5, "delivered")
+    # Every worker receives every update; only the holder delivers it.
+    assert metric(gateway, "gateway_updates_received_total", topic="balance") == 12 * gateway.config.workers
+    assert metric(gateway, "gateway_publish_to_send_seconds_count") == 12
+    assert client_refused_counted(gateway)
+    for client in clients:
+        client.close()
+    wait_for(lambda: metric(gateway, "gateway_connections") == 0, 5, "connections gauge back to 0")
+    assert metric(gateway, "gateway_subscriptions", topic="balance") == 0
+    lines = [line for line in gateway.log().splitlines() if line.strip()]
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    assert any(json.loads(line).get("logger") == "gunicorn.error" for line in lines)
+    assert any("worker" in json.loads(line) for line in lines)
+
+
+def registry_owner_pids(gateway: GatewayProcess) -> list[int]:
+    client = redis.Redis.from_url(gateway.config.redis_url)
+    prefix = f"{gateway.config.key_prefix}:worker:"
+    return [int(key.decode()[len(prefix):].split(":")[-2]) for key in client.scan_iter(f"{prefix}*")]
+
+
+def client_refused_counted(gateway: GatewayProcess) -> bool:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Client(gateway.url, "not-a-token").connect()
+    return wait_for(
+        lambda: metric(gateway, "gateway_connect_refused_total", reason="invalid_token") >= 1, 5, "refusal counted"
+    )
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_gateway_command_for_operators(redis_server: RedisServer, prefix: str) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "GATEWAY_REDIS_URL": redis_server.url.replace("127.0.0.1", ":hunter2@127.0.0.1"),
+        "GATEWAY_JWT_SECRET": SECRET,
+        "GATEWAY_KEY_PREFIX": prefix,
+    }
+    shown = cli("check-config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "GATEWAY_JWT_SECRET=(set)" in shown.stdout and SECRET not in shown.stdout
+    assert "hunter2" not in shown.stdout and "GATEWAY_KEY_PREFIX=" + prefix in shown.stdout
+    env["GATEWAY_REDIS_URL"] = redis_server.url
+    token = cli("token", "42", "--ttl", "60", env=env).stdout.strip()
+    assert TokenVerifier(Config.from_env(env)).verify(token) == "42"
+    Registry(redis_server.client(), prefix, "w").subscribe("s", "42", ["pnl", "orders"])
+    assert cli("subs", "--user", "42", env=env).stdout.split() == ["orders", "pnl"]
+    assert cli("subs", "--topic", "pnl", env=env).stdout.strip() == "pnl (1): 42"
+    assert cli("subs", "--topic", "nope", env=env).returncode == 2
+    bad = cli("check-config", env={**env, "GATEWAY_PING_TIMEOUT": "soon"})
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "gateway: GATEWAY_PING_TIMEOUT: must be a number of seconds, got 'soon'"
