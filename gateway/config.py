@@ -176,6 +176,10 @@ class Config:
     history_size: int = setting(
         "GATEWAY_HISTORY_SIZE", _whole(1, 100_000), "updates kept per user and topic", default=100
     )
+    history_ttl: float = setting(
+        "GATEWAY_HISTORY_TTL", _seconds(1, 90 * 86400), "seconds a user's history outlives their last update",
+        default=86400.0,
+    )
     log_level: str = setting("GATEWAY_LOG_LEVEL", _choice(*LOG_LEVELS), "log level", default="INFO")
     log_format: str = setting("GATEWAY_LOG_FORMAT", _choice("text", "json"), "log format: text or json", default="text")
 

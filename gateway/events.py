@@ -5,6 +5,11 @@ never raises: a client mistake gets the error ack, a Redis failure the
 ``unavailable`` ack, and an unexpected fault is logged once at ERROR and
 answered ``internal``. The user of every action is the connection's token
 user, so no payload can reach another user's rooms or records.
+
+A subscribe sends, before its ack and before any newer update, what the
+client missed (``since``) or the latest update as a snapshot; the ack says
+which, per topic: ``{"seq": 42, "replayed": 3}``, ``{"seq": 42, "snapshot": true}``
+or ``{"seq": 42}`` when there was nothing to send.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
 from gateway.cleanup import Releases
 from gateway.errors import AuthError, BadRequest
+from gateway.fanout import FanoutManager
+from gateway.history import Catchup, History
 from gateway.logs import FaultOnce
 from gateway.subscriptions import Registry
 
@@ -83,8 +90,17 @@ class Gateway:
     re-asserted when Redis lost them.
     """
 
-    def __init__(self, registry: Registry, verifier: TokenVerifier, topics: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        history: History,
+        fanout: FanoutManager,
+        verifier: TokenVerifier,
+        topics: tuple[str, ...],
+    ) -> None:
         self.registry = registry
+        self.history = history
+        self.fanout = fanout
         self.verifier = verifier
         self.topics = frozenset(topics)
         self.connections: dict[str, Connection] = {}
@@ -139,15 +155,24 @@ class Gateway:
             wanted = protocol.parse_subscribe(payload, self.topics)
         except BadRequest as exc:
             return self._refuse(exc, user)
-        rooms = [protocol.room_name(topic, user) for topic in wanted.topics]
-        for room in rooms:
-            join_room(room)
+        rooms = {topic: protocol.room_name(topic, user) for topic in wanted.topics}
+        seqs: dict[str, int] = {}
+
+        def fetch() -> dict[str, Catchup]:
+            for room in rooms.values():
+                join_room(room)
+            seqs.update(self.registry.subscribe(sid, user, wanted.topics))
+            return {
+                rooms[topic]: self.history.catchup(user, topic, wanted.since.get(topic), seqs[topic])
+                for topic in wanted.topics
+            }
+
         try:
-            seqs = self.registry.subscribe(sid, user, wanted.topics)
+            found = self.fanout.catch_up(sid, list(rooms.values()), fetch)
         except RedisError:
             self._redis_fault.fault(user=user, sid=sid)
-            for room in rooms:
-                leave_room(room)
+            for topic in set(wanted.topics) - connection.topics:
+                leave_room(rooms[topic])
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
         for topic in set(wanted.topics) - connection.topics:
@@ -155,7 +180,8 @@ class Gateway:
         connection.topics.update(wanted.topics)
         if sid not in self.connections:  # disconnected while Redis answered
             self.releases.release(sid, user=user)
-        return {"ok": True, "topics": {t: {"seq": seqs[t]} for t in wanted.topics}, "rejected": wanted.rejected}
+        acks = {topic: found[rooms[topic]].ack(seqs[topic]) for topic in wanted.topics}
+        return {"ok": True, "topics": acks, "rejected": wanted.rejected}
 
     @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:

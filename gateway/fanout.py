@@ -11,7 +11,16 @@ listener replaced:
 - a malformed queue message is logged and skipped, a failing handler is
   logged once with its traceback, and neither stops the listener.
 
-Messages published while the listener is disconnected are not replayed here.
+Ordering and catch-up, per room (one user's topic) on this worker:
+
+- an update is emitted only if its seq is above the last one this worker
+  emitted to the room, so nothing reaches a client twice or out of order;
+- after a reconnect, before reading on, the listener sends each room what
+  history holds past its last seq (or the latest as a snapshot when history
+  no longer reaches back), and notices a Redis that lost its counters;
+- a client being brought up to date (:meth:`FanoutManager.catch_up`) has its
+  live updates held back until what it missed was sent, then gets the held
+  ones that are newer: every seq once, in order.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.history import Catchup, History
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +51,25 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
     name = "gateway-fanout"
 
     def __init__(
-        self, channel: str, redis_factory: Callable[[], redis.Redis], on_reconnect: Callable[[], None] = lambda: None
+        self,
+        channel: str,
+        redis_factory: Callable[[], redis.Redis],
+        history: History,
     ) -> None:
         super().__init__(url="redis://", channel=channel, logger=log)
         self._redis_factory = redis_factory
-        self._on_reconnect = on_reconnect
+        self.history = history
+        #: called after the listener came back (the heartbeat re-asserts records)
+        self.on_reconnect: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
         self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
         self.listening = False
+        #: room -> the last seq this worker emitted to it
+        self.last_seq: dict[str, int] = {}
+        #: the Redis data generation the seqs belong to (see _check_epoch)
+        self.epoch: str | None = None
+        #: room -> sid -> (event, data) held back while the sid catches up
+        self._held: dict[str, dict[str, list[tuple[str, Any]]]] = {}
 
     def stop(self) -> None:
         """Ask the listener to finish; it does within ``POLL_SECONDS``."""
@@ -73,10 +94,13 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                     self._redis_connect()
                     self.pubsub.subscribe(self.channel)
                     self.listening = True
+                    if self.epoch is None:
+                        self._check_epoch()
                     if failures:
                         log.warning("fan-out listener receiving again after %d failed attempts", failures)
                         metrics.REDIS_RECONNECTS.inc()
-                        self._on_reconnect()
+                        self._replay_missed()
+                        self.on_reconnect()
                     failures = 0
                 message = self.pubsub.get_message(timeout=POLL_SECONDS)
             except RedisError as exc:
@@ -113,18 +137,106 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 self._dispatch(data)
 
     def _handle_emit(self, message: dict[str, Any]) -> None:
-        """Emit to the local room, counting what arrived and what went out."""
+        """Emit to the local room: once per seq, in order, holding back clients that catch up."""
         event = str(message.get("event"))
         namespace = message.get("namespace") or "/"
-        members = self.rooms.get(namespace, {}).get(message.get("room"), ())
+        room = message.get("room")
+        members = self.rooms.get(namespace, {}).get(room, ())
         metrics.UPDATES_RECEIVED.labels(topic=event).inc()
         if not members:
             return
+        update = _update(message.get("data"))
+        if update is not None and isinstance(room, str):
+            seq = update["seq"]
+            if seq <= self.last_seq.get(room, 0):
+                metrics.UPDATES_SKIPPED.labels(topic=event).inc()
+                return
+            self.last_seq[room] = seq
+        held = self._held.get(room) if isinstance(room, str) else None
+        if held:
+            for queue in held.values():
+                queue.append((event, message.get("data")))
+            message = {**message, "skip_sid": list(held)}
         super()._handle_emit(message)
-        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members))
-        published = _published_at(message.get("data"))
-        if published is not None:
-            metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - published))
+        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members) - len(held or ()))
+        if update is not None:
+            metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - update["ts"]))
+
+    def catch_up(self, sid: str, rooms: list[str], fetch: Callable[[], dict[str, Catchup]]) -> dict[str, Catchup]:
+        """Bring ``sid`` up to date in ``rooms``: what ``fetch`` found, then what arrived meanwhile.
+
+        Live updates to ``sid`` in those rooms are held back from the start;
+        ``fetch`` (joining rooms, reading Redis) runs; then the missed updates
+        are sent in order, followed by the held ones with a higher seq.
+        """
+        for room in rooms:
+            self._held.setdefault(room, {})[sid] = []
+        try:
+            found = fetch()
+        finally:
+            held = {room: self._unhold(room, sid) for room in rooms}
+        for room in rooms:
+            last = 0
+            for missed in found.get(room, Catchup()).updates:
+                self._send(sid, str(missed["topic"]), missed)
+                last = int(missed["seq"])
+            for event, data in held[room]:
+                live = _update(data)
+                if live is None or live["seq"] > last:
+                    self._send(sid, event, data[0] if isinstance(data, list) and len(data) == 1 else data)
+                    last = live["seq"] if live is not None else last
+        return found
+
+    def _unhold(self, room: str, sid: str) -> list[tuple[str, Any]]:
+        held = self._held.get(room, {})
+        queue = held.pop(sid, [])
+        if not held:
+            self._held.pop(room, None)
+        return queue
+
+    def _send(self, sid: str, event: str, data: Any) -> None:
+        self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
+
+    def forget_empty_rooms(self) -> None:
+        """Drop the last seq of rooms this worker no longer serves."""
+        live = self.rooms.get("/", {})
+        for room in [room for room in self.last_seq if room not in live]:
+            del self.last_seq[room]
+
+    def _check_epoch(self) -> None:
+        """Notice a Redis that lost its data: its epoch key is gone or new.
+
+        Then every seq count started again at 1, so the rooms' last seqs are
+        forgotten: what history holds is new to the clients.
+        """
+        epoch = self.history.epoch()
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("Redis lost its data: update counts start again at 1")
+            self.last_seq = dict.fromkeys(self.last_seq, 0)
+        self.epoch = epoch
+
+    def _replay_missed(self) -> None:
+        """After a reconnect: send every served room what it missed, before reading on."""
+        self.forget_empty_rooms()
+        try:
+            self._check_epoch()
+        except RedisError as exc:
+            log.warning("fan-out could not check for lost data: %s", exc)
+            return
+        for room, last in list(self.last_seq.items()):
+            topic, _, user = room.partition("_")
+            try:
+                missed = self.history.missed(user, topic, last)
+            except RedisError as exc:
+                log.warning("fan-out could not replay what room %s missed: %s", room, exc)
+                return
+            for update in missed.updates:
+                message = {"method": "emit", "event": topic, "data": [update], "namespace": "/", "room": room}
+                if missed.snapshot:
+                    self.last_seq[room] = 0  # a snapshot repeats a seq the room may hold
+                self._handle_emit(message)
+            if missed.updates:
+                metrics.UPDATES_REPLAYED.labels(topic=topic).inc(len(missed.updates))
 
     def _dispatch(self, data: dict[str, Any]) -> None:
         method = data.get("method")
@@ -149,10 +261,10 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             log.exception("fan-out of a %r message failed", method)
 
 
-def _published_at(data: object) -> float | None:
-    """The ``ts`` of a gateway update (``[{"ts": ...}]``), if it is one."""
+def _update(data: object) -> dict[str, Any] | None:
+    """The payload of a gateway update (``[{"seq": int, "ts": float, ...}]``), if it is one."""
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        ts = data[0].get("ts")
-        if isinstance(ts, float):
-            return ts
+        update = data[0]
+        if isinstance(update.get("seq"), int) and isinstance(update.get("ts"), float):
+            return update
     return None

@@ -39,6 +39,12 @@ UPDATES_RECEIVED = Counter(
 UPDATES_DELIVERED = Counter(
     "gateway_updates_delivered_total", "Updates queued to a client connection, by topic (event).", ["topic"]
 )
+UPDATES_SKIPPED = Counter(
+    "gateway_updates_skipped_total", "Updates not emitted because the room already had their seq.", ["topic"]
+)
+UPDATES_REPLAYED = Counter(
+    "gateway_updates_replayed_total", "Updates sent again from history after a Redis reconnect.", ["topic"]
+)
 PUBLISH_TO_SEND = Histogram(
     "gateway_publish_to_send_seconds",
     "Seconds from an update's publish (its ts) to its fan-out to the connections of a worker.",

@@ -136,37 +136,44 @@ def encode_data(data: object) -> str:
 
 @dataclass(frozen=True)
 class Envelope:
-    """A queue message split around its ``seq``: ``head + str(seq) + tail``.
+    """An update in the parts the atomic Redis publish joins around its ``seq``.
 
-    The seq is only known inside the atomic Redis publish, which joins the
-    three parts, so the rest of the message is encoded once, here.
+    The payload clients receive is ``payload_head + seq + payload_tail``; it is
+    kept as history as is, and published wrapped in the queue message
+    ``message_head + payload + message_tail``. Everything but the seq is
+    encoded once, here; the seq is only known inside the script.
     """
 
-    head: str
-    tail: str
+    payload_head: str
+    payload_tail: str
+    message_head: str
+    message_tail: str
+
+    def payload(self, seq: int) -> str:
+        return f"{self.payload_head}{seq}{self.payload_tail}"
 
     def with_seq(self, seq: int) -> str:
-        return f"{self.head}{seq}{self.tail}"
+        return f"{self.message_head}{self.payload(seq)}{self.message_tail}"
 
 
 def update_envelope(*, topic: str, user: str, ts: float, data_json: str, host_id: str) -> Envelope:
-    """Build the message-queue form of one update, as Flask-SocketIO reads it.
+    """Build one update, and the Flask-SocketIO queue message that carries it.
 
-    The payload clients receive is ``{"topic", "user_id", "seq", "ts", "data"}``
-    emitted as event ``topic`` to room ``topic_user``.
+    The payload is ``{"topic", "user_id", "seq", "ts", "data"}``, emitted as
+    event ``topic`` to room ``topic_user``.
     """
     if not math.isfinite(ts):
         raise ValueError("ts must be finite")
     q = json.dumps
-    head = "".join(
-        ['{"method":"emit","event":', q(topic), ',"data":[{"topic":', q(topic), ',"user_id":', q(user), ',"seq":']
+    return Envelope(
+        payload_head="".join(['{"topic":', q(topic), ',"user_id":', q(user), ',"seq":']),
+        payload_tail="".join([',"ts":', repr(round(ts, 6)), ',"data":', data_json, "}"]),
+        message_head="".join(['{"method":"emit","event":', q(topic), ',"data":[']),
+        message_tail="".join([
+            '],"binary":false,"namespace":', q(NAMESPACE), ',"room":', q(room_name(topic, user)),
+            ',"skip_sid":null,"callback":null,"host_id":', q(host_id), "}",
+        ]),
     )
-    tail = "".join([
-        ',"ts":', repr(round(ts, 6)), ',"data":', data_json, '}],"binary":false',
-        ',"namespace":', q(NAMESPACE), ',"room":', q(room_name(topic, user)),
-        ',"skip_sid":null,"callback":null,"host_id":', q(host_id), "}",
-    ])
-    return Envelope(head, tail)
 
 
 def parse_topics(text: str) -> tuple[str, ...]:

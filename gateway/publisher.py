@@ -4,7 +4,9 @@ Guarantees:
 
 - ``publish`` validates first: an unknown topic, a bad user id or data that is
   not strict JSON raises ``ValueError`` before anything reaches Redis.
-- The seq is assigned and the update published in one atomic Redis script,
+- The seq is assigned, the update kept as history (the last
+  ``GATEWAY_HISTORY_SIZE`` per user and topic, for ``GATEWAY_HISTORY_TTL``
+  seconds after the last publish) and published in one atomic Redis script,
   so the updates of one (user, topic) are delivered in seq order, 1, 2, 3...,
   whatever the number of publishing processes and threads.
 - When Redis cannot take the publish (after redis-py's retries, about a
@@ -49,7 +51,11 @@ class Publisher:
         envelope = protocol.update_envelope(
             topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data), host_id=self._host_id
         )
-        args = [self.config.key_prefix, user, topic, self.config.channel, envelope.head, envelope.tail]
+        args: list[str | int] = [
+            self.config.key_prefix, user, topic, self.config.channel,
+            envelope.payload_head, envelope.payload_tail, envelope.message_head, envelope.message_tail,
+            self.config.history_size, int(self.config.history_ttl * 1000),
+        ]
         try:
             return int(self._publish(args=args))
         except RedisError as exc:

@@ -21,6 +21,7 @@ from gateway.cleanup import ClientGoneMiddleware, Heartbeat, OutboundLimit, Work
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
+from gateway.history import History
 from gateway.redis_client import connect
 from gateway.subscriptions import Registry
 from gateway.worker import Draining, GatewayWorker
@@ -35,13 +36,15 @@ def create_app(config: Config | None = None) -> Flask:
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
     registry = Registry(client, config.key_prefix, worker_id=WorkerName.new())
-    gateway = Gateway(registry, TokenVerifier(config), config.topics)
-    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert, gateway.releases)
+    history = History(client, config.key_prefix)
+    # The listener's own connection never retries inside redis-py: a lost
+    # connection must reach the listener, which then replays what it missed.
     fanout = FanoutManager(
-        config.channel,
-        partial(connect, redis_url, name="gateway-fanout", command_timeout=None),
-        on_reconnect=heartbeat.wake,
+        config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), history
     )
+    gateway = Gateway(registry, history, fanout, TokenVerifier(config), config.topics)
+    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert, gateway.releases)
+    fanout.on_reconnect = heartbeat.wake
 
     app = Flask("gateway")
     socketio = SocketIO(

@@ -1,11 +1,21 @@
--- Assign the next seq of (user, topic) and publish the update, atomically.
+-- Assign the next seq of (user, topic), keep the update as history, publish it:
+-- one atomic step.
 --
 -- ARGV[1] key prefix, ARGV[2] user id, ARGV[3] topic, ARGV[4] channel,
--- ARGV[5] message head, ARGV[6] message tail: the message is head..seq..tail.
--- Because both steps run as one script, updates of one (user, topic) reach
--- the channel in seq order whatever the number of publishers.
+-- ARGV[5] payload head, ARGV[6] payload tail (payload = head..seq..tail),
+-- ARGV[7] message head, ARGV[8] message tail (message = head..payload..tail),
+-- ARGV[9] history length, ARGV[10] history lifetime in milliseconds.
+-- Keys (under the prefix):
+--   seq:<user>:<topic>   string  last seq assigned (1, 2, 3...)
+--   hist:<user>:<topic>  stream  the last updates, entry id <seq>-0, field p = payload
+-- Because all of it runs as one script, updates of one (user, topic) reach
+-- the channel and the history in seq order whatever the number of publishers.
 -- Returns the seq.
 local p, user, topic = ARGV[1], ARGV[2], ARGV[3]
 local seq = redis.call('INCR', p .. ':seq:' .. user .. ':' .. topic)
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. seq .. ARGV[6])
+local payload = ARGV[5] .. seq .. ARGV[6]
+local history = p .. ':hist:' .. user .. ':' .. topic
+redis.call('XADD', history, 'MAXLEN', ARGV[9], seq .. '-0', 'p', payload)
+redis.call('PEXPIRE', history, ARGV[10])
+redis.call('PUBLISH', ARGV[4], ARGV[7] .. payload .. ARGV[8])
 return seq

@@ -58,6 +58,19 @@ def unique_user() -> str:
     return f"u{uuid.uuid4().hex[:12]}"
 
 
+def connection_keys(client: redis.Redis, prefix: str) -> set[str]:
+    """Keys under ``prefix`` that belong to connections and workers.
+
+    Left out: what is kept per user whatever the connections (seq counters,
+    history) and the data epoch.
+    """
+    kept = (b":seq:", b":hist:")
+    return {
+        key.decode() for key in client.scan_iter(f"{prefix}:*")
+        if not any(part in key for part in kept) and not key.endswith(b":epoch")
+    }
+
+
 def unclean_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if UNCLEAN.search(line)]
 

@@ -148,16 +148,24 @@ def test_malformed_subscribe_gets_error_ack_and_connection_stays_up(
     client.close()
 
 
-def test_subscribe_reports_unknown_topics_and_current_seq(gateway: GatewayProcess, publisher: Publisher) -> None:
+def test_subscribe_sends_the_latest_update_as_snapshot_and_reports_seq(
+    gateway: GatewayProcess, publisher: Publisher
+) -> None:
     user = unique_user()
-    for _ in range(3):
-        publisher.publish(user, "balance", {"usd": "1"})
+    for n in range(1, 4):
+        publisher.publish(user, "balance", {"usd": str(n)})
     client = gateway.client(user).connect()
     ack = client.call("subscribe", {"topics": ["balance", "pnl", "foo"]})
     assert ack == {
-        "ok": True, "topics": {"balance": {"seq": 3}, "pnl": {"seq": 0}}, "rejected": {"foo": "unknown_topic"}
+        "ok": True,
+        "topics": {"balance": {"seq": 3, "snapshot": True}, "pnl": {"seq": 0}},
+        "rejected": {"foo": "unknown_topic"},
     }
+    (snapshot,) = client.wait_events("balance", 1)
+    assert snapshot["seq"] == 3 and snapshot["snapshot"] is True and snapshot["data"] == {"usd": "3"}
     assert client.call("subscribe", "orders")["topics"] == {"orders": {"seq": 0}}
+    publisher.publish(user, "balance", {"usd": "4"})
+    assert [u["seq"] for u in client.wait_events("balance", 2)] == [3, 4]
     client.close()
 
 

@@ -20,6 +20,7 @@ from tests.integration.support import (
     Client,
     GatewayProcess,
     RedisServer,
+    connection_keys,
     unclean_lines,
     unique_user,
     wait_for,
@@ -33,8 +34,7 @@ def registry_of(gateway: GatewayProcess) -> Registry:
 
 
 def live_keys(gateway: GatewayProcess) -> set[str]:
-    client = redis.Redis.from_url(gateway.config.redis_url)
-    return {key.decode() for key in client.scan_iter(f"{gateway.config.key_prefix}:*") if b":seq:" not in key}
+    return connection_keys(redis.Redis.from_url(gateway.config.redis_url), gateway.config.key_prefix)
 
 
 def subscribed_clients(gateway: GatewayProcess, count: int, topic: str = "balance") -> list[Client]:

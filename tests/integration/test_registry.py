@@ -8,13 +8,13 @@ import threading
 import redis
 
 from gateway.subscriptions import Registry
-from tests.integration.support import RedisServer
+from tests.integration.support import RedisServer, connection_keys
 
 TOPICS = ("balance", "positions", "pnl", "orders")
 
 
 def live_keys(client: redis.Redis, prefix: str) -> set[str]:
-    return {key.decode() for key in client.scan_iter(f"{prefix}:*") if b":seq:" not in key}
+    return connection_keys(client, prefix)
 
 
 def test_subscribe_records_and_returns_current_seq(redis_client: redis.Redis, prefix: str) -> None:

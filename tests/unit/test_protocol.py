@@ -197,7 +197,7 @@ def _envelope(data: object, ts: float = 1764000000.123) -> protocol.Envelope:
 
 def test_update_envelope_joined_with_seq_is_a_flask_socketio_emit() -> None:
     envelope = _envelope({"usd": "1020.50"})
-    message = json.loads(envelope.head + "7" + envelope.tail)
+    message = json.loads(envelope.with_seq(7))
     assert message["method"] == "emit"
     assert message["event"] == "balance"
     assert message["room"] == "balance_4"
@@ -211,9 +211,10 @@ def test_update_envelope_joined_with_seq_is_a_flask_socketio_emit() -> None:
     }
 
 
-def test_update_envelope_with_seq_matches_manual_join() -> None:
+def test_update_envelope_wraps_the_payload_kept_as_history() -> None:
     envelope = _envelope({"usd": "1"})
-    assert envelope.with_seq(7) == envelope.head + "7" + envelope.tail
+    assert envelope.with_seq(7) == envelope.message_head + envelope.payload(7) + envelope.message_tail
+    assert json.loads(envelope.payload(7)) == json.loads(envelope.with_seq(7))["data"][0]
 
 
 def test_update_envelope_is_not_confused_by_seq_text_in_user_data() -> None:

@@ -1,0 +1,97 @@
+"""What a client missed: each user's recent updates, kept per topic in Redis.
+
+Guarantees:
+
+- The publish script keeps the last ``GATEWAY_HISTORY_SIZE`` updates of each
+  (user, topic) in a stream whose entry ids are the seqs, so a busy user
+  never evicts a quiet user's history; a stream lives
+  ``GATEWAY_HISTORY_TTL`` seconds after its last update.
+- :func:`plan` decides, without I/O, what a resuming client gets: every
+  missed update in order when history still holds them all, else the latest
+  update once as a snapshot.
+- Reads raise :class:`redis.exceptions.RedisError` when Redis is away.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from gateway.protocol import text
+
+
+@dataclass(frozen=True)
+class Catchup:
+    """What to send a (re)subscribing client for one topic, oldest first."""
+
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: bool = False
+
+    def ack(self, seq: int) -> dict[str, Any]:
+        """The topic's entry in the subscribe ack: says which happened."""
+        if self.snapshot:
+            return {"seq": seq, "snapshot": True}
+        if self.updates:
+            return {"seq": seq, "replayed": len(self.updates)}
+        return {"seq": seq}
+
+
+def plan(since: int | None, current: int, entries: list[tuple[int, dict[str, Any]]]) -> Catchup:
+    """What a client holding ``since`` gets, given ``entries`` (seq, payload) after it.
+
+    ``entries`` are history entries with seq > ``since`` (all of history, oldest
+    first, when ``since`` is None or ahead of ``current``).
+    """
+    if since is not None and since == current:
+        return Catchup()
+    if since is not None and since < current and entries and entries[0][0] == since + 1:
+        return Catchup([payload for _, payload in entries])
+    if not entries:
+        return Catchup()
+    latest = dict(entries[-1][1])
+    latest["snapshot"] = True
+    return Catchup([latest], snapshot=True)
+
+
+class History:
+    """Reads of the per-(user, topic) history streams."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+
+    def epoch(self) -> str:
+        """The generation of Redis's data: set once, gone when Redis loses its data."""
+        key = f"{self.prefix}:epoch"
+        self.redis.set(key, uuid.uuid4().hex, nx=True)
+        return text(self.redis.get(key) or b"")
+
+    def key(self, user: str, topic: str) -> str:
+        return f"{self.prefix}:hist:{user}:{topic}"
+
+    def catchup(self, user: str, topic: str, since: int | None, current: int) -> Catchup:
+        """What a client that holds ``since`` (None: nothing) must be sent."""
+        if since is not None and since == current:
+            return Catchup()
+        if since is None or since > current:
+            entries = self._read(self.redis.xrevrange(self.key(user, topic), count=1))
+        else:
+            entries = self._read(self.redis.xrange(self.key(user, topic), min=f"{since + 1}-0"))
+        return plan(since, current, entries)
+
+    def missed(self, user: str, topic: str, seq: int) -> Catchup:
+        """What a listener that last delivered ``seq`` missed (after a Redis reconnect)."""
+        entries = self._read(self.redis.xrange(self.key(user, topic), min=f"{seq + 1}-0"))
+        return plan(seq, entries[-1][0] if entries else seq, entries)
+
+    @staticmethod
+    def _read(reply: Any) -> list[tuple[int, dict[str, Any]]]:
+        entries = []
+        for entry_id, fields in reply:
+            seq = int(text(entry_id).split("-", 1)[0])
+            entries.append((seq, json.loads(fields[b"p"])))
+        return entries
