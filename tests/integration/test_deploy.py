@@ -1,0 +1,520 @@
+"""deploy/ as written: the systemd units, gateway.env.example, and nginx in front of two gateways.
+
+The units are checked by systemd's own parser after moving only the install
+paths that do not exist on a test machine (/opt/push-gateway, /etc/push-gateway);
+their commands are run the way systemd would run them (working directory,
+Environment=, EnvironmentFile=, UnsetEnvironment=). nginx runs the deploy
+config unchanged except for its listen address and upstream servers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import socketio
+
+from gateway.config import Config
+from gateway.publisher import Publisher
+from gateway.subscriptions import Registry
+from tests.integration.support import (
+    REPO,
+    SECRET,
+    Client,
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    unclean_lines,
+    unique_user,
+    wait_for,
+)
+
+StartGateway = Callable[..., GatewayProcess]
+
+SYSTEMD = REPO / "deploy" / "systemd"
+NGINX_SITE = REPO / "deploy" / "nginx" / "push-gateway.conf"
+GATEWAY_UNIT, SWEEP_UNIT, SWEEP_TIMER = "push-gateway.service", "push-gateway-sweep.service", "push-gateway-sweep.timer"
+ENV_EXAMPLE = SYSTEMD / "gateway.env.example"
+#: The install layout the units name, and where the same things are on a test machine.
+INSTALL_DIR, VENV_BIN, ENV_FILE, RUNTIME_DIR = (
+    "/opt/push-gateway", "/opt/push-gateway/.venv/bin", "/etc/push-gateway/gateway.env", "/run/push-gateway",
+)
+HERE_BIN = Path(sys.executable).parent
+#: Settings of gateway.env.example that are the site's own, not defaults.
+SITE_VARIABLES = ("GATEWAY_REDIS_URL", "GATEWAY_BIND", "GATEWAY_JWT_SECRET")
+#: A line systemd and a shell read the same way: no quotes, spaces, escapes or expansions.
+ENV_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=([^\s\"'\\$`]*)")
+#: Clients of the two-gateway test: at least this many, at most the second number.
+MIN_CLIENTS, MAX_CLIENTS = 6, 24
+
+
+# --- reading the deploy files ----------------------------------------------------------------------------------------
+
+
+def unit_text(name: str) -> str:
+    return (SYSTEMD / name).read_text()
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Every ``Key=value`` of a unit file by key, in order (sections and comments dropped)."""
+    settings: dict[str, list[str]] = defaultdict(list)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings[key].append(value)
+    return settings
+
+
+def one(text: str, key: str) -> str:
+    values = unit_settings(text)[key]
+    assert len(values) == 1, f"{key}= is set {len(values)} times"
+    return values[0]
+
+
+def env_example() -> dict[str, str]:
+    """The active assignments of gateway.env.example; fails on a line systemd and a shell would read apart."""
+    values = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = ENV_LINE.fullmatch(line)
+        assert match, f"gateway.env.example:{number}: not a plain VARIABLE=value line: {line!r}"
+        assert match[1] not in values, f"gateway.env.example:{number}: {match[1]} set twice"
+        values[match[1]] = match[2]
+    return values
+
+
+def here(path: str) -> str:
+    """Where an installed path of the units is on this machine, when it does not exist here."""
+    if Path(path).exists():
+        return path
+    if path.startswith(VENV_BIN + "/"):
+        return str(HERE_BIN / path[len(VENV_BIN) + 1:])
+    if path == INSTALL_DIR:
+        return str(REPO)
+    return path
+
+
+def command(unit: str, key: str) -> list[str]:
+    """The argv of a unit's ExecStart=/ExecStartPre=/..., its binary moved to this machine's venv."""
+    argv = shlex.split(one(unit, key))
+    return [here(argv[0]), *argv[1:]]
+
+
+def service_environment(unit: str, env_file: dict[str, str], home: Path) -> dict[str, str]:
+    """The environment systemd hands the unit's processes: a minimal base, then Environment=,
+    then EnvironmentFile= (which overrides it), then UnsetEnvironment=."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    settings = unit_settings(unit)
+    for assignment in settings["Environment"]:
+        for word in shlex.split(assignment):
+            key, _, value = word.partition("=")
+            env[key] = value
+    env.update(env_file)
+    for key in " ".join(settings["UnsetEnvironment"]).split():
+        env.pop(key, None)
+    return env
+
+
+def run_as_service(unit: str, key: str, env_file: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
+    """Run one of a unit's commands as systemd would, minus the sandbox and the user switch."""
+    return subprocess.run(
+        command(unit, key), cwd=here(one(unit, "WorkingDirectory")), env=service_environment(unit, env_file, home),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def filled_in(redis_url: str, prefix: str, run_dir: Path, **extra: str) -> dict[str, str]:
+    """gateway.env.example with its placeholders filled in for this machine, as an operator would."""
+    values = env_example()
+    values.update(
+        GATEWAY_REDIS_URL=redis_url, GATEWAY_JWT_SECRET=SECRET, GATEWAY_KEY_PREFIX=prefix,
+        GATEWAY_BIND=f"127.0.0.1:{free_port()}",
+    )
+    values["PROMETHEUS_MULTIPROC_DIR"] = values["PROMETHEUS_MULTIPROC_DIR"].replace(RUNTIME_DIR, str(run_dir), 1)
+    values.update(extra)
+    return values
+
+
+def gunicorn_setting(name: str) -> int:
+    match = re.search(rf"^{name} = (\d+)$", (REPO / "gunicorn.conf.py").read_text(), re.MULTILINE)
+    assert match, f"gunicorn.conf.py sets no {name}"
+    return int(match[1])
+
+
+def seconds(span: str) -> float:
+    """A time span as systemd and nginx write it: 30, 30s, 2m, 2min."""
+    match = re.fullmatch(r"(\d+)(s|m|min)?", span)
+    assert match, f"not a simple time span: {span!r}"
+    return int(match[1]) * (60 if match[2] in ("m", "min") else 1)
+
+
+def needs(program: str) -> None:
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed (apt-get install {'systemd' if 'systemd' in program else program})")
+
+
+# --- systemd ---------------------------------------------------------------------------------------------------------
+
+
+def test_systemd_verifies_the_units_without_a_warning(tmp_path: Path) -> None:
+    needs("systemd-analyze")
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    paths = []
+    for name in (GATEWAY_UNIT, SWEEP_UNIT, SWEEP_TIMER):
+        text = unit_text(name)
+        for key in ("ExecStartPre", "ExecStart", "ExecReload", "WorkingDirectory"):
+            for value in unit_settings(text)[key]:
+                path = shlex.split(value)[0]
+                text = text.replace(f"{key}={path}", f"{key}={here(path)}", 1)
+        if unit_settings(text)["EnvironmentFile"]:
+            assert one(text, "EnvironmentFile") == ENV_FILE
+            text = text.replace(f"EnvironmentFile={ENV_FILE}\n", f"EnvironmentFile={env_file}\n")
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "--generators=no", *paths],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0, output
+    # Complaints about the machine's own units (under /lib or /etc) are not ours; anything else is.
+    machine = ("/lib/systemd/", "/usr/lib/systemd/", "/etc/")
+    ours = [line for line in output.splitlines() if not line.startswith(machine)]
+    assert ours == []
+
+
+def test_systemd_rates_both_services_well_sandboxed(tmp_path: Path) -> None:
+    needs("systemd-analyze")
+    paths = []
+    for name in (GATEWAY_UNIT, SWEEP_UNIT):
+        (tmp_path / name).write_text(unit_text(name))
+        paths.append(str(tmp_path / name))
+    # Exposure runs from 0 (locked down) to 10 (unprotected), the threshold in tenths: at most 2.0, systemd's "OK".
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", "--no-pager", *paths],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+
+
+def test_the_sweep_timer_fires_every_minute() -> None:
+    needs("systemd-analyze")
+    timer = unit_text(SWEEP_TIMER)
+    assert one(timer, "Unit") == SWEEP_UNIT
+    assert seconds(one(timer, "RandomizedDelaySec")) < 60
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=3", one(timer, "OnCalendar")],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "TZ": "UTC"},
+    )
+    assert result.returncode == 0, result.stderr
+    stamps = re.findall(r"(?:Next elapse|Iter\. #\d): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", result.stdout)
+    times = [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S") for stamp in stamps]
+    assert len(times) == 3, result.stdout
+    assert [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:], strict=False)] == [60, 60]
+
+
+def test_the_gateway_unit_outlasts_gunicorns_graceful_stop_and_connection_limit() -> None:
+    unit = unit_text(GATEWAY_UNIT)
+    assert seconds(one(unit, "TimeoutStopSec")) > gunicorn_setting("graceful_timeout")
+    assert int(one(unit, "LimitNOFILE")) > gunicorn_setting("worker_connections")
+    assert one(unit, "KillMode") == "mixed" and one(unit, "KillSignal") == "SIGTERM"
+    assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert command(unit, "ExecStart")[1:] == ["-c", "gunicorn.conf.py", "gateway.wsgi:app"]
+    # gateway.env points the metrics into the unit's RuntimeDirectory=, which systemd creates for it.
+    assert env_example()["PROMETHEUS_MULTIPROC_DIR"].startswith(f"/run/{one(unit, 'RuntimeDirectory')}")
+    for name in (GATEWAY_UNIT, SWEEP_UNIT):
+        text = unit_text(name)
+        assert one(text, "User") == "push-gateway" and one(text, "WorkingDirectory") == INSTALL_DIR
+        assert one(text, "EnvironmentFile") == ENV_FILE
+
+
+# --- gateway.env.example and the command before every start -----------------------------------------------------------
+
+
+def test_the_env_example_lists_every_variable_with_its_default() -> None:
+    text = ENV_EXAMPLE.read_text()
+    active = env_example()
+    listed = set(active) | set(re.findall(r"^#([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
+    known = {spec.metadata["variable"] for spec in Config.__dataclass_fields__.values()}
+    assert known - listed == set(), "variables of gateway/config.py missing from gateway.env.example"
+    assert {name for name in active if name.startswith("GATEWAY_")} <= known, "unknown GATEWAY_* variables"
+    required = {"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0", "GATEWAY_JWT_SECRET": SECRET}
+    site = {name: value for name, value in active.items() if name not in SITE_VARIABLES}
+    # Every active line other than the site's own settings says the default.
+    assert Config.from_env({**site, **required}) == Config.from_env(required)
+
+
+def test_check_config_before_every_start_refuses_the_example_until_it_is_filled_in(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    unit = unit_text(GATEWAY_UNIT)
+    shipped = run_as_service(unit, "ExecStartPre", env_example(), tmp_path)
+    assert shipped.returncode != 0
+    assert shipped.stderr.strip().splitlines() == [
+        "gateway: GATEWAY_JWT_SECRET: is not set: set it or GATEWAY_JWT_PUBLIC_KEY"
+    ]
+    values = filled_in(redis_server.url, "check", tmp_path / "run")
+    accepted = run_as_service(unit, "ExecStartPre", values, tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "GATEWAY_JWT_SECRET=(set)" in accepted.stdout.splitlines() and SECRET not in accepted.stdout
+    bad = run_as_service(unit, "ExecStartPre", {**values, "GATEWAY_WORKERS": "0"}, tmp_path)
+    assert bad.returncode != 0
+    assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("gateway: GATEWAY_WORKERS: ")
+
+
+# --- nginx -----------------------------------------------------------------------------------------------------------
+
+
+def site_config(upstreams: list[str], port: int) -> str:
+    """deploy/nginx/push-gateway.conf with its upstream servers and listen address moved to loopback."""
+    text = NGINX_SITE.read_text()
+    listen = re.findall(r"^\s*listen\s+80\b", text, re.MULTILINE)
+    assert len(listen) == 1, "the site should listen once, on port 80"
+    text = re.sub(r"^(\s*listen\s+)80\b", rf"\g<1>127.0.0.1:{port}", text, flags=re.MULTILINE)
+    block = re.search(r"^upstream push_gateway \{\n(.*?)^\}", text, re.MULTILINE | re.DOTALL)
+    assert block, "no upstream push_gateway block"
+    servers = re.findall(r"^(\s*server\s+)(\S+)([^;\n]*;)\n", block[1], re.MULTILINE)
+    assert len(servers) >= len(upstreams) >= 1, f"{len(servers)} servers in the upstream"
+    body = block[1]
+    for index, (indent, address, options) in enumerate(servers):
+        line = f"{indent}{address}{options}\n"
+        body = body.replace(line, f"{indent}{upstreams[index]}{options}\n" if index < len(upstreams) else "", 1)
+    return text.replace(block[1], body, 1)
+
+
+class Nginx:
+    """nginx in the foreground with the deploy site in front of ``upstreams``; stopped by its PID."""
+
+    def __init__(self, folder: Path, upstreams: list[str]) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.error_log = folder / "error.log"
+        folder.mkdir()
+        (folder / "push-gateway.conf").write_text(site_config(upstreams, self.port))
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers that can read the test's private tmp dir
+        temp = "".join(f"{kind}_temp_path {folder}/{kind}_temp;\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                                 "uwsgi", "scgi"))
+        (folder / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {folder}/nginx.pid;\nerror_log {self.error_log} notice;\n"
+            f"events {{ worker_connections 512; }}\n"
+            f"http {{\naccess_log {folder}/access.log;\n{temp}include {folder}/push-gateway.conf;\n}}\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return ["nginx", "-p", f"{self.folder}/", "-c", str(self.folder / "nginx.conf"), "-e", str(self.error_log),
+                *args]
+
+    def test(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=30)
+
+    def start(self) -> Nginx:
+        with open(self.folder / "stderr.log", "ab") as log:
+            self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._answers, 10, "nginx answers /healthz")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.errors()}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def errors(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # fast shutdown: open WebSockets are cut, not waited for
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("nginx did not stop within 10 s") from None
+
+
+@pytest.fixture
+def start_nginx(tmp_path: Path) -> Iterator[Callable[[list[GatewayProcess]], Nginx]]:
+    needs("nginx")
+    started: list[Nginx] = []
+
+    def start(gateways: list[GatewayProcess]) -> Nginx:
+        nginx = Nginx(tmp_path / f"nginx{len(started)}", [gateway.config.bind for gateway in gateways])
+        started.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in started:
+        nginx.stop()
+
+
+def status_from(source: str, port: int, path: str) -> int:
+    """The status nginx answers ``path`` with to a client at loopback address ``source``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        status_line = sock.makefile("rb").readline().decode()
+    return int(status_line.split()[1])
+
+
+def test_nginx_outwaits_the_ping_cycle_of_a_websocket() -> None:
+    """A live connection may be quiet for a ping interval plus a ping timeout: nginx must not cut it sooner."""
+    block = re.search(r"location /socket\.io/ \{(.*?)\n    \}", NGINX_SITE.read_text(), re.DOTALL)
+    assert block, "no location /socket.io/"
+    config = Config.from_env({"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0", "GATEWAY_JWT_SECRET": SECRET})
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        (value,) = re.findall(rf"^\s*{directive} (\w+);", block[1], re.MULTILINE)
+        assert seconds(value) > config.ping_interval + config.ping_timeout, directive
+
+
+def test_nginx_accepts_the_site_config(tmp_path: Path) -> None:
+    needs("nginx")
+    nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
+    result = nginx.test()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "test is successful" in output
+    assert not re.search(r"\[(warn|emerg|alert|crit|error)\]", output), output
+
+
+def test_nginx_passes_probes_keeps_metrics_private_and_checks_origins(
+    start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
+) -> None:
+    gateway = start_gateway()
+    nginx = start_nginx([gateway])
+    assert requests.get(nginx.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(nginx.url + "/readyz", timeout=5).json() == {"status": "ready"}
+    assert requests.get(nginx.url + "/anything-else", timeout=5).status_code == 404
+    metrics = requests.get(nginx.url + "/metrics", timeout=5)
+    assert metrics.status_code == 200 and "gateway_" in metrics.text
+    # 127.0.0.2 is this machine too, but not an address the site lets read /metrics.
+    assert status_from("127.0.0.2", nginx.port, "/metrics") == 403
+    assert status_from("127.0.0.2", nginx.port, "/healthz") == 200
+    # A page of the same origin connects: the client sends Origin: <nginx url>, and the gateway's same-origin
+    # check passes only because nginx hands on Host (port included) and X-Forwarded-Proto ...
+    user = unique_user()
+    client = Client(nginx.url, gateway.token(user), user=user).connect()
+    assert client.subscribe("balance")["topics"]["balance"]["seq"] == 0
+    client.close()
+    # ... and a page of another origin does not (the WebSocket is upgraded, then closed without an Engine.IO
+    # open packet, which python-engineio reports as a ValueError).
+    stranger = Client(nginx.url, gateway.token(user), user=user,
+                      websocket_extra_options={"origin": "http://elsewhere.example"})
+    with pytest.raises((socketio.exceptions.ConnectionError, ValueError)):
+        stranger.connect()
+    assert not stranger.sio.connected
+    assert "http://elsewhere.example is not an accepted origin" in gateway.log()
+
+
+# --- two gateways behind nginx ---------------------------------------------------------------------------------------
+
+
+def pid_of(worker_id: str) -> int:
+    return int(worker_id.split(":")[-2])
+
+
+def placement(registry: Registry, gateways: list[GatewayProcess]) -> list[dict[str, set[str]]]:
+    """For each gateway: its workers that hold records, with the users they hold."""
+    pids = [set(gateway.worker_pids()) for gateway in gateways]
+    placed: list[dict[str, set[str]]] = [{} for _ in gateways]
+    for worker in registry.owners():
+        for index, owned in enumerate(pids):
+            if pid_of(worker) in owned:
+                placed[index][worker] = set(registry.connections(worker).values())
+    return placed
+
+
+def users_of(placed: dict[str, set[str]]) -> set[str]:
+    return set().union(*placed.values())
+
+
+def test_clients_move_through_nginx_to_the_other_gateway_when_one_stops(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, start_gateway: StartGateway,
+    start_nginx: Callable[[list[GatewayProcess]], Nginx],
+) -> None:
+    shipped = {
+        name: value for name, value in filled_in(redis_server.url, prefix, tmp_path / "run").items()
+        if name not in SITE_VARIABLES and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    gateways = [
+        start_gateway(**shipped, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"run{index}")) for index in range(2)
+    ]
+    stopped, survivor = gateways
+    nginx = start_nginx(gateways)
+    registry = Registry(redis.Redis.from_url(redis_server.url), prefix)
+    connects: Counter[str] = Counter()
+    clients: dict[str, Client] = {}
+
+    def connect_one() -> None:
+        user = unique_user()
+        client = Client(nginx.url, stopped.token(user), user=user, reconnection=True, reconnection_delay=0.1,
+                        reconnection_delay_max=0.5, randomization_factor=0.2)
+        client.sio.on("connect", lambda: connects.update([user]))
+        clients[user] = client.connect()  # with Origin: <nginx url>, as a page of the same origin would
+        client.subscribe("balance")
+
+    while len(clients) < MAX_CLIENTS and (len(clients) < MIN_CLIENTS or not all(placement(registry, gateways))):
+        connect_one()
+    placed = placement(registry, gateways)
+    assert all(placed), f"nginx sent all {len(clients)} clients to one gateway"
+    assert users_of(placed[0]) | users_of(placed[1]) == set(clients)
+    moved, stayed = users_of(placed[0]), users_of(placed[1])
+    gone_workers = set(placed[0]) | {w for w in registry.workers() if pid_of(w) in stopped.worker_pids()}
+
+    with Publisher(config=survivor.config) as publisher:
+        for user in clients:
+            assert publisher.publish(user, "balance", {"usd": "1"}) == 1
+        wait_for(lambda: all(c.seqs("balance") == [1] for c in clients.values()), 10, "every client's first update")
+
+        assert stopped.stop(signal.SIGTERM) == 0
+        wait_for(
+            lambda: all(connects[u] == 2 and clients[u].sio.connected for u in moved), 20,
+            "the stopped gateway's clients connected again through nginx",
+        )
+        for user in moved:  # what a client does after a reconnect: subscribe again, saying what it holds
+            ack = clients[user].call("subscribe", {"topics": ["balance"], "since": {"balance": 1}})
+            assert ack["ok"] and ack["topics"]["balance"]["seq"] == 1, ack
+        for user in clients:
+            assert publisher.publish(user, "balance", {"usd": "2"}) == 2
+        wait_for(lambda: all(c.seqs("balance")[-1:] == [2] for c in clients.values()), 10, "the update after")
+    assert {user: clients[user].seqs("balance") for user in clients} == {user: [1, 2] for user in clients}
+    assert all(connects[user] == 1 for user in stayed), "clients of the gateway that stayed were disturbed"
+
+    # The registry is true: every live user, on the surviving gateway's workers only.
+    wait_for(lambda: registry.subscribers("balance") == set(clients), 5, "every live user subscribed")
+    assert gone_workers and not gone_workers & (registry.owners() | set(registry.workers()))
+    assert {pid_of(worker) for worker in registry.owners()} <= set(survivor.worker_pids())
+    # The sweep unit, as installed, finds nothing left to sweep.
+    # Its environment file names the gateway's RuntimeDirectory, which the sweep cannot write (absent here).
+    values = filled_in(redis_server.url, prefix, tmp_path / "the-gateways-runtime-directory")
+    sweep = run_as_service(unit_text(SWEEP_UNIT), "ExecStart", values, tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    assert sweep.stdout.strip().splitlines() == ["swept 0 dead workers"]
+
+    for client in clients.values():
+        client.close()
+    wait_for(lambda: registry.subscribers("balance") == set(), 5, "records of closed clients removed")
+    assert unclean_lines(stopped.log()) == [] and unclean_lines(survivor.log()) == []
+    assert not re.search(r"\[(emerg|alert|crit)\]", nginx.errors()), nginx.errors()
+
