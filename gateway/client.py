@@ -15,6 +15,11 @@ client.connect()          # reconnects by itself, resubscribing with since={topi
 - an update whose seq is not above the last one is a repeat and is dropped,
   except seq 1, which starts a new count (Redis lost its data).
 
+``on_update`` runs on the client's reading thread, in arrival order: keep it
+short. (python-socketio's own client runs each handler on a thread of its
+own, so handlers of consecutive updates can run out of order;
+:class:`OrderedClient` runs them one after the other.)
+
 Needs ``websocket-client`` for the WebSocket transport.
 """
 
@@ -25,11 +30,28 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import engineio
 import socketio
 
 log = logging.getLogger(__name__)
 
 OnUpdate = Callable[[str, dict[str, Any]], None]
+
+
+class _InOrderEngineIOClient(engineio.Client):  # type: ignore[misc]
+    """An Engine.IO client that hands messages over in the order they arrived."""
+
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class OrderedClient(socketio.Client):  # type: ignore[misc]
+    """A python-socketio client whose event handlers run in arrival order."""
+
+    def _engineio_client_class(self) -> type[engineio.Client]:
+        return _InOrderEngineIOClient
 
 
 class ResumingClient:
@@ -48,7 +70,7 @@ class ResumingClient:
         self._lock = threading.Lock()
         options.setdefault("reconnection_delay", 0.5)
         options.setdefault("reconnection_delay_max", 5)
-        self.sio = socketio.Client(**options)
+        self.sio = OrderedClient(**options)
         self.sio.on("connect", self._subscribe)
         self.sio.on("disconnect", lambda reason=None: self.subscribed.clear())
         for topic in self.topics:

@@ -53,6 +53,8 @@ PUBLISH_TO_SEND = Histogram(
 SEND_FAILURES = Counter(
     "gateway_send_failures_total", "Writes to a client that failed, by reason (client_gone is normal).", ["reason"]
 )
+for _reason in ("client_gone", "slow_client"):
+    SEND_FAILURES.labels(reason=_reason)  # exported as 0 before the first failure
 SWEEPS = Counter(
     "gateway_sweeps_total", "Dead workers whose records were removed."
 )

@@ -22,9 +22,9 @@ from typing import Any
 
 import redis
 import requests
-import socketio
 
 from gateway.auth import mint_token
+from gateway.client import OrderedClient
 from gateway.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,12 +199,12 @@ def gateway_env(redis_url: str, prefix: str, home: Path, **extra: str) -> dict[s
 
 
 class Client:
-    """A python-socketio client that records every event it receives."""
+    """A python-socketio client that records every event it receives, in arrival order."""
 
     def __init__(self, url: str, token: str | None, *, user: str = "", **kwargs: Any) -> None:
         self.url, self.token, self.user = url, token, user
         kwargs.setdefault("reconnection", False)
-        self.sio = socketio.Client(**kwargs)
+        self.sio = OrderedClient(**kwargs)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.refused: list[Any] = []
         self._changed = threading.Condition()

@@ -257,6 +257,11 @@ def test_clients_killed_during_a_push_flood_leave_clean_logs_and_no_records(
         assert all(publisher.is_subscribed(u, "balance") for u in doomed)
         pusher.start()
         wait_for(lambda: rounds["done"] >= 3, 60, "flood under way")
+        # Frozen first, so that unread updates fill their buffers; killed with
+        # data unread, their sockets answer the gateway's writes with a reset.
+        process.send_signal(signal.SIGSTOP)
+        frozen_at = rounds["done"]
+        wait_for(lambda: rounds["done"] >= frozen_at + 3, 60, "flood at frozen clients")
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         wait_for(lambda: not any(publisher.is_subscribed(u, "balance") for u in doomed), 70, "doomed records removed")
