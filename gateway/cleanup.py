@@ -201,12 +201,18 @@ class Heartbeat:
     """
 
     def __init__(
-        self, registry: Registry, interval: float, reassert: Callable[[], int], releases: Releases
+        self,
+        registry: Registry,
+        interval: float,
+        reassert: Callable[[], int],
+        releases: Releases,
+        tidy: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.interval = interval
         self.reassert = reassert
         self.releases = releases
+        self.tidy = tidy
         self.last_beat = float("-inf")
         self._wake = threading.Event()
         self._fault = FaultOnce(log, "worker heartbeat failed")
@@ -230,6 +236,7 @@ class Heartbeat:
             self._wake.clear()
 
     def beat(self) -> None:
+        self.tidy()
         try:
             if self.registry.beat(self.lease):
                 count = self.reassert()

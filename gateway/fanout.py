@@ -70,6 +70,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.epoch: str | None = None
         #: room -> sid -> (event, data) held back while the sid catches up
         self._held: dict[str, dict[str, list[tuple[str, Any]]]] = {}
+        #: room -> sid -> seq that catch-up sent the sid ahead of the room's live stream
+        self._ahead: dict[str, dict[str, int]] = {}
 
     def stop(self) -> None:
         """Ask the listener to finish; it does within ``POLL_SECONDS``."""
@@ -153,12 +155,16 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 return
             self.last_seq[room] = seq
         held = self._held.get(room) if isinstance(room, str) else None
+        skip = list(held or ())
         if held:
             for queue in held.values():
                 queue.append((event, message.get("data")))
-            message = {**message, "skip_sid": list(held)}
+        if update is not None and room in self._ahead:
+            skip += self._already_sent(room, update["seq"])
+        if skip:
+            message = {**message, "skip_sid": skip}
         super()._handle_emit(message)
-        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members) - len(held or ()))
+        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members) - len(skip))
         if update is not None:
             metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - update["ts"]))
 
@@ -185,7 +191,21 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 if live is None or live["seq"] > last:
                     self._send(sid, event, data[0] if isinstance(data, list) and len(data) == 1 else data)
                     last = live["seq"] if live is not None else last
+            if last > self.last_seq.get(room, 0):
+                # History ran ahead of the listener: the live copies of what
+                # was just sent are still on their way, and must skip this sid.
+                self._ahead.setdefault(room, {})[sid] = last
         return found
+
+    def _already_sent(self, room: str, seq: int) -> list[str]:
+        """Clients of ``room`` that catch-up already sent ``seq``; forget those now level."""
+        ahead = self._ahead[room]
+        skip = [sid for sid, sent in ahead.items() if sent >= seq]
+        for sid in [sid for sid, sent in ahead.items() if sent <= seq]:
+            del ahead[sid]
+        if not ahead:
+            del self._ahead[room]
+        return skip
 
     def _unhold(self, room: str, sid: str) -> list[tuple[str, Any]]:
         held = self._held.get(room, {})
@@ -198,10 +218,11 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
 
     def forget_empty_rooms(self) -> None:
-        """Drop the last seq of rooms this worker no longer serves."""
+        """Drop what is known of rooms this worker no longer serves."""
         live = self.rooms.get("/", {})
-        for room in [room for room in self.last_seq if room not in live]:
-            del self.last_seq[room]
+        for known in (self.last_seq, self._ahead):
+            for room in [room for room in known if room not in live]:
+                del known[room]
 
     def _check_epoch(self) -> None:
         """Notice a Redis that lost its data: its epoch key is gone or new.

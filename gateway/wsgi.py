@@ -43,7 +43,9 @@ def create_app(config: Config | None = None) -> Flask:
         config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), history
     )
     gateway = Gateway(registry, history, fanout, TokenVerifier(config), config.topics)
-    heartbeat = Heartbeat(registry, config.heartbeat_seconds, gateway.reassert, gateway.releases)
+    heartbeat = Heartbeat(
+        registry, config.heartbeat_seconds, gateway.reassert, gateway.releases, tidy=fanout.forget_empty_rooms
+    )
     fanout.on_reconnect = heartbeat.wake
 
     app = Flask("gateway")
