@@ -76,11 +76,12 @@ def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
 class Connection:
     """What this worker knows of one live connection: its user and topics."""
 
-    __slots__ = ("user", "topics")
+    __slots__ = ("user", "topics", "watching")
 
     def __init__(self, user: str) -> None:
         self.user = user
         self.topics: set[str] = set()
+        self.watching = False
 
 
 class Gateway:
@@ -143,6 +144,8 @@ class Gateway:
         metrics.CONNECTIONS.dec()
         for topic in connection.topics:
             metrics.SUBSCRIPTIONS.labels(topic=topic).dec()
+        if connection.watching:
+            self.fanout.unwatch(connection.user)
         self.releases.release(sid, user=connection.user)
 
     @answers
@@ -159,6 +162,9 @@ class Gateway:
         seqs: dict[str, int] = {}
 
         def fetch() -> dict[str, Catchup]:
+            if not connection.watching:
+                self.fanout.watch(user)
+                connection.watching = True
             for room in rooms.values():
                 join_room(room)
             seqs.update(self.registry.subscribe(sid, user, wanted.topics))

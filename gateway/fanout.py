@@ -1,5 +1,10 @@
 """Where an update is routed: Redis pub/sub to this worker's Socket.IO rooms.
 
+Routing: each user's updates travel on a channel of their own
+(``<prefix>:u:<user>``); a worker listens to the channels of the users it
+holds connections of (:meth:`FanoutManager.watch`), plus Flask-SocketIO's
+shared channel for emits made through its message queue.
+
 :class:`FanoutManager` is python-socketio's Redis client manager with the
 listener replaced:
 
@@ -34,15 +39,19 @@ from typing import Any
 import redis
 import socketio
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import metrics
+from gateway import metrics, protocol
 from gateway.history import Catchup, History
 
 log = logging.getLogger(__name__)
 
 #: Seconds a read waits for a message before checking health and stop.
 POLL_SECONDS = 1.0
+#: Seconds to wait for Redis to confirm a new user channel subscription.
+CONFIRM_SECONDS = 5.0
 
 
 class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
@@ -72,21 +81,70 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self._held: dict[str, dict[str, list[tuple[str, Any]]]] = {}
         #: room -> sid -> seq that catch-up sent the sid ahead of the room's live stream
         self._ahead: dict[str, dict[str, int]] = {}
+        #: user -> number of local connections that need the user's channel
+        self._watchers: dict[str, int] = {}
+        #: user channel -> set once Redis confirmed the subscription
+        self._confirmed: dict[str, threading.Event] = {}
 
     def stop(self) -> None:
         """Ask the listener to finish; it does within ``POLL_SECONDS``."""
         self._stopping.set()
 
+    def watch(self, user: str) -> None:
+        """Receive ``user``'s updates here; return once Redis confirmed it.
+
+        Counted per local connection. Raises ``RedisError`` when Redis cannot
+        confirm, so that a caller never reads history before updates flow.
+        """
+        channel = protocol.user_channel(self.history.prefix, user)
+        self._watchers[user] = self._watchers.get(user, 0) + 1
+        ready = self._confirmed.get(channel)
+        try:
+            if ready is None:
+                ready = self._confirmed[channel] = threading.Event()
+                if not self.listening:
+                    raise RedisConnectionError("the fan-out listener is reconnecting")
+                self.pubsub.subscribe(channel)
+            if not ready.wait(CONFIRM_SECONDS):
+                raise RedisTimeoutError(f"Redis did not confirm {channel}")
+        except RedisError:
+            self.unwatch(user)
+            raise
+
+    def unwatch(self, user: str) -> None:
+        """One local connection of ``user`` no longer needs its channel."""
+        count = self._watchers.get(user, 0) - 1
+        if count > 0:
+            self._watchers[user] = count
+            return
+        self._watchers.pop(user, None)
+        channel = protocol.user_channel(self.history.prefix, user)
+        self._confirmed.pop(channel, None)
+        if self.listening and not self._stopping.is_set():
+            try:
+                self.pubsub.unsubscribe(channel)
+            except RedisError as exc:
+                log.debug("unsubscribing %s failed: %s", channel, exc)
+
     def _redis_connect(self) -> None:
         self.redis = self._redis_factory()
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.redis.pubsub()
         self.connected = True
 
+    def _subscribe_all(self) -> None:
+        channels = [protocol.user_channel(self.history.prefix, user) for user in self._watchers]
+        self.pubsub.subscribe(self.channel)
+        for start in range(0, len(channels), 1000):
+            self.pubsub.subscribe(*channels[start:start + 1000])
+
     def _listen(self) -> Iterator[bytes]:
-        channel = self.channel.encode()
         for message in self._redis_listen_with_retries():
-            if message["type"] == "message" and message["channel"] == channel:
+            if message["type"] == "message":
                 yield message["data"]
+            elif message["type"] == "subscribe":
+                ready = self._confirmed.get(protocol.text(message["channel"]))
+                if ready is not None:
+                    ready.set()
 
     def _redis_listen_with_retries(self) -> Iterator[dict[str, Any]]:
         failures = 0
@@ -94,7 +152,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             try:
                 if not self.listening:
                     self._redis_connect()
-                    self.pubsub.subscribe(self.channel)
+                    self._subscribe_all()
                     self.listening = True
                     if self.epoch is None:
                         self._check_epoch()

@@ -47,6 +47,11 @@ def room_name(topic: str, user: str) -> str:
     return f"{topic}_{user}"
 
 
+def user_channel(prefix: str, user: str) -> str:
+    """The Redis channel of one user's updates: only workers holding the user listen."""
+    return f"{prefix}:u:{user}"
+
+
 @dataclass(frozen=True)
 class SubscribeRequest:
     """A validated ``subscribe``: known topics in order, the rest rejected."""

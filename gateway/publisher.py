@@ -13,6 +13,9 @@ Guarantees:
   second), :class:`~gateway.errors.PublishError` is raised: an update is
   never dropped silently. If the connection breaks after Redis ran the
   script, a retry may publish the same data again under the next seq.
+- Routed: an update goes to the user's own channel, which only the workers
+  holding a connection of that user listen to, so a worker's work does not
+  grow with the number of workers and instances.
 - Plain Python: no gevent needed; one ``Publisher`` may be shared by threads.
 """
 
@@ -52,7 +55,7 @@ class Publisher:
             topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data), host_id=self._host_id
         )
         args: list[str | int] = [
-            self.config.key_prefix, user, topic, self.config.channel,
+            self.config.key_prefix, user, topic, protocol.user_channel(self.config.key_prefix, user),
             envelope.payload_head, envelope.payload_tail, envelope.message_head, envelope.message_tail,
             self.config.history_size, int(self.config.history_ttl * 1000),
         ]

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from tests.integration.support import (
     Client,
     GatewayProcess,
     RedisServer,
+    connection_keys,
     free_port,
     unclean_lines,
     unique_user,
@@ -163,16 +165,40 @@ def seconds(span: str) -> float:
     return int(match[1]) * (60 if match[2] in ("m", "min") else 1)
 
 
-def needs(program: str) -> None:
-    if shutil.which(program) is None:
-        pytest.skip(f"{program} is not installed (apt-get install {'systemd' if 'systemd' in program else program})")
+def needs(program: str, package: str) -> pytest.MarkDecorator:
+    """Skip, saying what to install, only when ``program`` is missing (decided before any fixture starts)."""
+    return pytest.mark.skipif(
+        shutil.which(program) is None, reason=f"{program} is not installed (apt-get install {package})"
+    )
+
+
+needs_systemd = needs("systemd-analyze", "systemd")
+needs_nginx = needs("nginx", "nginx")
+
+
+# --- every deploy file says why -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [SYSTEMD / GATEWAY_UNIT, SYSTEMD / SWEEP_UNIT, SYSTEMD / SWEEP_TIMER, ENV_EXAMPLE, NGINX_SITE],
+    ids=lambda path: path.name,
+)
+def test_a_comment_comes_before_every_setting(path: Path) -> None:
+    """STYLE.md practice 15: each setting, assignment or directive is preceded by a comment saying why."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    bare = [
+        f"{path.name}:{number}: {line}" for number, line in enumerate(lines, 1)
+        if line and not line.startswith(("#", "[", "}")) and not lines[number - 2].startswith("#")
+    ]
+    assert bare == []
 
 
 # --- systemd ---------------------------------------------------------------------------------------------------------
 
 
+@needs_systemd
 def test_systemd_verifies_the_units_without_a_warning(tmp_path: Path) -> None:
-    needs("systemd-analyze")
     env_file = tmp_path / "gateway.env"
     env_file.write_text(ENV_EXAMPLE.read_text())
     paths = []
@@ -199,8 +225,8 @@ def test_systemd_verifies_the_units_without_a_warning(tmp_path: Path) -> None:
     assert ours == []
 
 
+@needs_systemd
 def test_systemd_rates_both_services_well_sandboxed(tmp_path: Path) -> None:
-    needs("systemd-analyze")
     paths = []
     for name in (GATEWAY_UNIT, SWEEP_UNIT):
         (tmp_path / name).write_text(unit_text(name))
@@ -213,8 +239,8 @@ def test_systemd_rates_both_services_well_sandboxed(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
 
+@needs_systemd
 def test_the_sweep_timer_fires_every_minute() -> None:
-    needs("systemd-analyze")
     timer = unit_text(SWEEP_TIMER)
     assert one(timer, "Unit") == SWEEP_UNIT
     assert seconds(one(timer, "RandomizedDelaySec")) < 60
@@ -251,7 +277,7 @@ def test_the_env_example_lists_every_variable_with_its_default() -> None:
     text = ENV_EXAMPLE.read_text()
     active = env_example()
     listed = set(active) | set(re.findall(r"^#([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
-    known = {spec.metadata["variable"] for spec in Config.__dataclass_fields__.values()}
+    known = {spec.metadata["variable"] for spec in fields(Config)}
     assert known - listed == set(), "variables of gateway/config.py missing from gateway.env.example"
     assert {name for name in active if name.startswith("GATEWAY_")} <= known, "unknown GATEWAY_* variables"
     required = {"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0", "GATEWAY_JWT_SECRET": SECRET}
@@ -357,7 +383,6 @@ class Nginx:
 
 @pytest.fixture
 def start_nginx(tmp_path: Path) -> Iterator[Callable[[list[GatewayProcess]], Nginx]]:
-    needs("nginx")
     started: list[Nginx] = []
 
     def start(gateways: list[GatewayProcess]) -> Nginx:
@@ -388,8 +413,8 @@ def test_nginx_outwaits_the_ping_cycle_of_a_websocket() -> None:
         assert seconds(value) > config.ping_interval + config.ping_timeout, directive
 
 
+@needs_nginx
 def test_nginx_accepts_the_site_config(tmp_path: Path) -> None:
-    needs("nginx")
     nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
     result = nginx.test()
     output = result.stdout + result.stderr
@@ -398,6 +423,7 @@ def test_nginx_accepts_the_site_config(tmp_path: Path) -> None:
     assert not re.search(r"\[(warn|emerg|alert|crit|error)\]", output), output
 
 
+@needs_nginx
 def test_nginx_passes_probes_keeps_metrics_private_and_checks_origins(
     start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
 ) -> None:
@@ -449,72 +475,91 @@ def users_of(placed: dict[str, set[str]]) -> set[str]:
     return set().union(*placed.values())
 
 
+class Crowd:
+    """Reconnecting clients of several users, all through nginx, each counting its connects."""
+
+    def __init__(self, nginx: Nginx, gateway: GatewayProcess) -> None:
+        self.nginx, self.gateway = nginx, gateway
+        self.clients: dict[str, Client] = {}
+        self.connects: Counter[str] = Counter()
+
+    def join(self, topic: str) -> None:
+        user = unique_user()
+        client = Client(self.nginx.url, self.gateway.token(user), user=user, reconnection=True,
+                        reconnection_delay=0.1, reconnection_delay_max=0.5, randomization_factor=0.2)
+        client.sio.on("connect", lambda: self.connects.update([user]))
+        self.clients[user] = client.connect()  # with Origin: <nginx url>, as a page of the same origin would
+        client.subscribe(topic)
+
+    def spread_over(self, gateways: list[GatewayProcess], registry: Registry) -> list[set[str]]:
+        """Add clients until every gateway holds some (bounded); return the users each holds."""
+        while len(self.clients) < MIN_CLIENTS or not all(placement(registry, gateways)):
+            assert len(self.clients) < MAX_CLIENTS, f"nginx sent all {len(self.clients)} clients to one gateway"
+            self.join("balance")
+        return [users_of(placed) for placed in placement(registry, gateways)]
+
+    def reconnected(self, users: set[str]) -> bool:
+        return all(self.connects[user] == 2 and self.clients[user].sio.connected for user in users)
+
+    def seqs(self, topic: str) -> dict[str, list[int]]:
+        return {user: client.seqs(topic) for user, client in self.clients.items()}
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+@needs_nginx
 def test_clients_move_through_nginx_to_the_other_gateway_when_one_stops(
     redis_server: RedisServer, prefix: str, tmp_path: Path, start_gateway: StartGateway,
     start_nginx: Callable[[list[GatewayProcess]], Nginx],
 ) -> None:
-    shipped = {
-        name: value for name, value in filled_in(redis_server.url, prefix, tmp_path / "run").items()
-        if name not in SITE_VARIABLES and name != "PROMETHEUS_MULTIPROC_DIR"
-    }
+    # Both gateways run with gateway.env.example's settings, filled in for this machine.
+    shipped = filled_in(redis_server.url, prefix, tmp_path / "run")
+    settings = {name: shipped[name] for name in shipped if name.startswith("GATEWAY_") and name != "GATEWAY_BIND"}
     gateways = [
-        start_gateway(**shipped, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"run{index}")) for index in range(2)
+        start_gateway(**settings, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"run{index}")) for index in range(2)
     ]
     stopped, survivor = gateways
-    nginx = start_nginx(gateways)
+    crowd = Crowd(start_nginx(gateways), survivor)
     registry = Registry(redis.Redis.from_url(redis_server.url), prefix)
-    connects: Counter[str] = Counter()
-    clients: dict[str, Client] = {}
+    try:
+        moved, stayed = crowd.spread_over(gateways, registry)
+        assert moved | stayed == set(crowd.clients)
+        gone_workers = registry.owners() | set(registry.workers())
+        gone_workers = {worker for worker in gone_workers if pid_of(worker) in stopped.worker_pids()}
+        with Publisher(config=survivor.config) as publisher:
+            for user in crowd.clients:
+                assert publisher.publish(user, "balance", {"usd": "1"}) == 1
+            wait_for(lambda: all(s == [1] for s in crowd.seqs("balance").values()), 10, "every first update")
 
-    def connect_one() -> None:
-        user = unique_user()
-        client = Client(nginx.url, stopped.token(user), user=user, reconnection=True, reconnection_delay=0.1,
-                        reconnection_delay_max=0.5, randomization_factor=0.2)
-        client.sio.on("connect", lambda: connects.update([user]))
-        clients[user] = client.connect()  # with Origin: <nginx url>, as a page of the same origin would
-        client.subscribe("balance")
+            assert stopped.stop(signal.SIGTERM) == 0
+            wait_for(lambda: crowd.reconnected(moved), 20, "the stopped gateway's clients back through nginx")
+            for user in moved:  # what a client does after a reconnect: subscribe again, saying what it holds
+                ack = crowd.clients[user].call("subscribe", {"topics": ["balance"], "since": {"balance": 1}})
+                assert ack["ok"] and ack["topics"]["balance"]["seq"] == 1, ack
+            for user in crowd.clients:
+                assert publisher.publish(user, "balance", {"usd": "2"}) == 2
+            wait_for(lambda: all(s[-1:] == [2] for s in crowd.seqs("balance").values()), 10, "the update after")
+        assert crowd.seqs("balance") == {user: [1, 2] for user in crowd.clients}
+        assert all(crowd.connects[user] == 1 for user in stayed), "clients of the other gateway were disturbed"
 
-    while len(clients) < MAX_CLIENTS and (len(clients) < MIN_CLIENTS or not all(placement(registry, gateways))):
-        connect_one()
-    placed = placement(registry, gateways)
-    assert all(placed), f"nginx sent all {len(clients)} clients to one gateway"
-    assert users_of(placed[0]) | users_of(placed[1]) == set(clients)
-    moved, stayed = users_of(placed[0]), users_of(placed[1])
-    gone_workers = set(placed[0]) | {w for w in registry.workers() if pid_of(w) in stopped.worker_pids()}
+        # The registry is true: every live user, on the surviving gateway's workers only.
+        wait_for(lambda: registry.subscribers("balance") == set(crowd.clients), 5, "every live user subscribed")
+        assert gone_workers and not gone_workers & (registry.owners() | set(registry.workers()))
+        assert {pid_of(worker) for worker in registry.owners()} <= set(survivor.worker_pids())
+        # The sweep unit as installed finds nothing left. Its environment file names the gateway's
+        # RuntimeDirectory, which the sweep cannot write (here: absent).
+        values = filled_in(redis_server.url, prefix, tmp_path / "the-gateways-runtime-directory")
+        sweep = run_as_service(unit_text(SWEEP_UNIT), "ExecStart", values, tmp_path)
+        assert sweep.returncode == 0, sweep.stderr
+        assert sweep.stdout.strip().splitlines() == ["swept 0 dead workers"]
 
-    with Publisher(config=survivor.config) as publisher:
-        for user in clients:
-            assert publisher.publish(user, "balance", {"usd": "1"}) == 1
-        wait_for(lambda: all(c.seqs("balance") == [1] for c in clients.values()), 10, "every client's first update")
-
-        assert stopped.stop(signal.SIGTERM) == 0
-        wait_for(
-            lambda: all(connects[u] == 2 and clients[u].sio.connected for u in moved), 20,
-            "the stopped gateway's clients connected again through nginx",
-        )
-        for user in moved:  # what a client does after a reconnect: subscribe again, saying what it holds
-            ack = clients[user].call("subscribe", {"topics": ["balance"], "since": {"balance": 1}})
-            assert ack["ok"] and ack["topics"]["balance"]["seq"] == 1, ack
-        for user in clients:
-            assert publisher.publish(user, "balance", {"usd": "2"}) == 2
-        wait_for(lambda: all(c.seqs("balance")[-1:] == [2] for c in clients.values()), 10, "the update after")
-    assert {user: clients[user].seqs("balance") for user in clients} == {user: [1, 2] for user in clients}
-    assert all(connects[user] == 1 for user in stayed), "clients of the gateway that stayed were disturbed"
-
-    # The registry is true: every live user, on the surviving gateway's workers only.
-    wait_for(lambda: registry.subscribers("balance") == set(clients), 5, "every live user subscribed")
-    assert gone_workers and not gone_workers & (registry.owners() | set(registry.workers()))
-    assert {pid_of(worker) for worker in registry.owners()} <= set(survivor.worker_pids())
-    # The sweep unit, as installed, finds nothing left to sweep.
-    # Its environment file names the gateway's RuntimeDirectory, which the sweep cannot write (absent here).
-    values = filled_in(redis_server.url, prefix, tmp_path / "the-gateways-runtime-directory")
-    sweep = run_as_service(unit_text(SWEEP_UNIT), "ExecStart", values, tmp_path)
-    assert sweep.returncode == 0, sweep.stderr
-    assert sweep.stdout.strip().splitlines() == ["swept 0 dead workers"]
-
-    for client in clients.values():
-        client.close()
-    wait_for(lambda: registry.subscribers("balance") == set(), 5, "records of closed clients removed")
+        crowd.close()
+        wait_for(lambda: registry.subscribers("balance") == set(), 5, "records of closed clients removed")
+        assert connection_keys(registry.redis, prefix) <= {f"{prefix}:workers"}
+    finally:  # a failed assertion must not leave clients reconnecting in the background
+        crowd.close()
+        registry.redis.close()
     assert unclean_lines(stopped.log()) == [] and unclean_lines(survivor.log()) == []
-    assert not re.search(r"\[(emerg|alert|crit)\]", nginx.errors()), nginx.errors()
-
+    assert not re.search(r"\[(emerg|alert|crit)\]", crowd.nginx.errors()), crowd.nginx.errors()

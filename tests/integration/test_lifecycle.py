@@ -213,6 +213,38 @@ def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(start_g
     assert unclean_lines(gateway.log()) == []
 
 
+def test_a_client_killed_while_a_write_to_it_is_blocked_is_counted_not_logged(
+    start_gateway: StartGateway,
+) -> None:
+    """The worker is blocked writing to a frozen client (its buffers are full)
+    when the client is killed: the failed write is counted as client_gone."""
+    gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_SEND_QUEUE_LIMIT="100000")
+    user = unique_user()
+    frozen = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert frozen.stdout is not None and frozen.stdout.readline().strip() == "subscribed"
+        os.kill(frozen.pid, signal.SIGSTOP)
+        pause = threading.Event()
+        with Publisher(config=gateway.config) as publisher:
+            for n in range(6000):  # 24 MB: far more than loopback TCP buffers hold
+                publisher.publish(user, "balance", {"pad": "x" * 4000})
+                if n % 100 == 0:
+                    pause.wait(0.02)  # pacing, as in the slow-client test
+        os.kill(frozen.pid, signal.SIGKILL)
+        frozen.wait(10)
+    finally:
+        frozen.kill()
+        frozen.wait(10)
+    counted = 'gateway_send_failures_total{reason="client_gone"} 1.0'
+    wait_for(lambda: counted in gateway.http("/metrics").text, 10, "the failed write counted")
+    registry = registry_of(gateway)
+    wait_for(lambda: not registry.is_subscribed(user, "balance"), 1, "records removed within 1 s")
+    assert unclean_lines(gateway.log()) == []
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

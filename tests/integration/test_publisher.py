@@ -58,8 +58,10 @@ def test_seq_counts_per_user_and_topic(publisher: Publisher) -> None:
     assert publisher.publish(4, "balance", None) == 4
 
 
-def test_message_is_what_flask_socketio_workers_read(publisher: Publisher, redis_client: redis.Redis) -> None:
-    pubsub = listen(redis_client, "flask-socketio")
+def test_message_is_what_flask_socketio_workers_read(
+    publisher: Publisher, redis_client: redis.Redis, prefix: str
+) -> None:
+    pubsub = listen(redis_client, f"{prefix}:u:4")
     publisher.publish(4, "balance", {"usd": "1020.50", "note": '"seq": 99'})
     (message,) = drain(pubsub, 1)
     assert message["method"] == "emit" and message["event"] == "balance"
@@ -86,7 +88,9 @@ def test_message_is_what_flask_socketio_workers_read(publisher: Publisher, redis
 def test_bad_publish_raises_value_error_before_anything_is_sent(
     publisher: Publisher, redis_client: redis.Redis, prefix: str, user: object, topic: str, data: object
 ) -> None:
-    pubsub = listen(redis_client, "flask-socketio")
+    pubsub = redis_client.pubsub()
+    pubsub.psubscribe(f"{prefix}:u:*")
+    wait_for(lambda: pubsub.get_message(timeout=0.05), 5, "subscribe confirmed")
     with pytest.raises(ValueError):
         publisher.publish(user, topic, data)  # type: ignore[arg-type]
     assert list(redis_client.scan_iter(f"{prefix}:*")) == []
@@ -95,9 +99,9 @@ def test_bad_publish_raises_value_error_before_anything_is_sent(
 
 
 def test_threads_sharing_a_publisher_keep_seq_order_on_the_channel(
-    publisher: Publisher, redis_client: redis.Redis
+    publisher: Publisher, redis_client: redis.Redis, prefix: str
 ) -> None:
-    pubsub = listen(redis_client, "flask-socketio")
+    pubsub = listen(redis_client, f"{prefix}:u:9")
     threads = [
         threading.Thread(target=lambda: [publisher.publish(9, "orders", {"i": i}) for i in range(100)])
         for _ in range(4)
