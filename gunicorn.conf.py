@@ -32,7 +32,7 @@ worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 # Open connections one worker accepts. gunicorn's default of 1000 would cap
 # the gateway at 1000 clients per worker; the file-descriptor limit
-# (LimitNOFILE in deploy/systemd) must stay above workers x this.
+# (LimitNOFILE in deploy/systemd, per process) must stay above this.
 worker_connections = 20000
 
 # Each worker imports the app itself, after gevent patched the standard
@@ -72,6 +72,12 @@ accesslog = None
 # Process name in ps and top.
 proc_name = "push-gateway"
 
+# The master keeps none of the gateway's modules: on SIGHUP it reads this file
+# again and forks new workers, which must import the code now on disk, not
+# what the master loaded at its start.
+for _name in [name for name in sys.modules if name == "gateway" or name.startswith("gateway.")]:
+    del sys.modules[_name]
+
 # Every worker writes its metrics under this folder and /metrics sums them.
 # It must be set before a worker imports prometheus_client.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -98,9 +104,10 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "sweep", "--pid", str(worker.pid)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
     )
 
 

@@ -57,6 +57,20 @@ def client_gone(exc: BaseException, **context: Any) -> None:
     log.debug("client gone: %s", exc.__class__.__name__, extra=context)
 
 
+class ClientMistakes(logging.Filter):
+    """Keeps what clients get wrong out of the error log; counts it instead.
+
+    Engine.IO logs a refused browser origin at ERROR; it is a client's doing,
+    answered with 400, and counted as ``gateway_connect_refused_total{reason="bad_origin"}``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "is not an accepted origin" in record.getMessage():
+            metrics.CONNECT_REFUSED.labels(reason="bad_origin").inc()
+            return False
+        return True
+
+
 class _GuardedWebSocket:
     """A gevent-websocket socket whose failed sends are counted, then re-raised.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -130,6 +131,9 @@ def demo(users: int, interval: float, rounds: int) -> None:
 
 def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     def main(*args: Any, **kwargs: Any) -> Any:
+        # Metrics belong to gunicorn's workers: a command run beside them (the
+        # master's sweep, a timer) must not add files to their folder.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         try:
             return command(*args, **kwargs)
         except ConfigError as exc:

@@ -9,6 +9,7 @@ Redis client, registry, fan-out, handlers and HTTP endpoints together.
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import partial
 
@@ -17,7 +18,7 @@ from flask_socketio import SocketIO
 
 from gateway import health, logs
 from gateway.auth import TokenVerifier
-from gateway.cleanup import ClientGoneMiddleware, Heartbeat, OutboundLimit, WorkerName
+from gateway.cleanup import ClientGoneMiddleware, ClientMistakes, Heartbeat, OutboundLimit, WorkerName
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
@@ -32,6 +33,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     config.validate()
     logs.configure(config.log_level, config.log_format)
+    logging.getLogger("engineio.server").addFilter(ClientMistakes())
     assert config.redis_url is not None  # validate() guarantees it
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
