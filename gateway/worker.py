@@ -9,7 +9,9 @@ recycling all stop the worker the same way, within a tenth of a second.
 
 from __future__ import annotations
 
+import gc
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 
 import redis
 from flask_socketio import SocketIO
+from gevent.baseserver import BaseServer
 from redis.exceptions import RedisError
 
 from gateway.cleanup import Heartbeat
@@ -49,10 +52,26 @@ class Draining:
             return self.app(environ, start_response)
         ws = environ.get("wsgi.websocket")
         if ws is not None:
-            ws.close()
+            # Cut the TCP connection rather than send a close frame: a client
+            # waits for the server to end the connection after a close frame,
+            # which this worker would do only as it exits.
+            ws.handler.socket.shutdown(socket.SHUT_RDWR)
             return []
         start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
         return [b"worker stopping\n"]
+
+
+def _stop_accepting() -> None:
+    """Stop this process's gevent servers from accepting new connections now.
+
+    gunicorn does the same up to a second later; until then a reconnecting
+    client could land on this stopping worker, and socket.io-client notices a
+    connection refused after the WebSocket upgrade only after its 20-second
+    connect timeout. Pending connections stay in the shared listen queue for
+    the other workers. gunicorn keeps no reference to its servers, hence gc.
+    """
+    for server in [obj for obj in gc.get_objects() if isinstance(obj, BaseServer)]:
+        server.stop_accepting()
 
 
 @dataclass
@@ -100,6 +119,7 @@ class GatewayWorker:
             return
         self.stopped = True
         self.stopping.set()
+        _stop_accepting()
         self.fanout.stop()
         closed = self._close_clients()
         try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,54 @@ def test_js_client_is_refused_with_the_contract_reason(
     status, lines = client.rest()
     assert status == 0, f"client.mjs exited {status}; lines: {lines}; stderr: {client.stderr()}"
     assert lines == [{"event": "connect_error", "message": "unauthorized", "data": {"reason": reason}}]
+
+
+def test_js_resuming_example_sees_every_seq_once_across_a_reload(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """examples/js/resuming-client.mjs, as shipped, across a SIGHUP reload under publishing."""
+    gateway = start_gateway(GATEWAY_HISTORY_SIZE="2000")
+    (tmp_path / "node_modules").symlink_to(JS / "node_modules")
+    shutil.copy(REPO / "examples" / "js" / "resuming-client.mjs", tmp_path)
+    user = unique_user()
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        node = subprocess.Popen(
+            ["node", "resuming-client.mjs", gateway.url, gateway.token(user), "60", "balance"],
+            cwd=tmp_path, stdout=out, stderr=err,
+        )
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(text) for text in (tmp_path / "stdout").read_text().splitlines()]
+
+    stop = threading.Event()
+    last = {"seq": 0}
+
+    def publish(publisher: Publisher) -> None:
+        while not stop.wait(0.005) and last["seq"] < 5000:  # pacing, not synchronisation
+            last["seq"] = publisher.publish(user, "balance", {"n": last["seq"] + 1})
+
+    try:
+        wait_for(lambda: any("ack" in line for line in lines()), 20, "the example subscribed")
+        with Publisher(config=gateway.config) as publisher:
+            pusher = threading.Thread(target=publish, args=(publisher,))
+            pusher.start()
+            try:
+                wait_for(lambda: len(lines()) > 50, 30, "updates flowing")
+                assert gateway.process is not None
+                old = set(gateway.worker_pids())
+                gateway.process.send_signal(signal.SIGHUP)
+                wait_for(lambda: not old & set(gateway.worker_pids()), 30, "workers replaced")
+                wait_for(lambda: sum("ack" in line for line in lines()) >= 2, 30, "the example resubscribed")
+                mark = last["seq"]
+                wait_for(lambda: lines()[-1].get("seq", 0) > mark + 20, 30, "updates after the reload")
+            finally:
+                stop.set()
+                pusher.join(30)
+        wait_for(lambda: lines()[-1].get("seq") == last["seq"], 15, "every update delivered")
+    finally:
+        node.kill()
+        node.wait(10)
+    updates = [line for line in lines() if "seq" in line]
+    assert [line["seq"] for line in updates] == list(range(1, last["seq"] + 1))
+    acks = [line["ack"] for line in lines() if "ack" in line]
+    assert all(ack["ok"] for ack in acks) and "snapshot" not in acks[1]["topics"]["balance"]

@@ -1,0 +1,56 @@
+// A browser or Node client that never misses or repeats an update.
+//
+//   node resuming-client.mjs URL TOKEN [SECONDS] [TOPIC...]
+//
+// It keeps the last seq per topic and, on every (re)connect, subscribes with
+// `since`, so the gateway first sends what was missed (or the latest update
+// as a snapshot when its history no longer reaches back). An update whose seq
+// is not above the last one is a repeat and is dropped, except seq 1, which
+// starts a new count (the gateway's Redis lost its data).
+//
+// socket.io-client reconnects by itself after a network loss or a gateway
+// restart ("transport close"); a fresh token is read from `auth` each time.
+// Prints one JSON line per update, and one per subscribe ack.
+
+import { io } from "socket.io-client";
+
+const [url, token, seconds = "0", ...named] = process.argv.slice(2);
+const topics = named.length ? named : ["balance", "positions", "pnl", "orders"];
+if (!url || !token) {
+  process.stderr.write("usage: node resuming-client.mjs URL TOKEN [SECONDS] [TOPIC...]\n");
+  process.exit(64);
+}
+
+const last = {}; // topic -> last seq applied
+
+const socket = io(url, {
+  transports: ["websocket"], // several gateway workers: WebSocket only
+  auth: (send) => send({ token }), // called on every (re)connect: refresh the token here
+  reconnectionDelay: 200,
+  reconnectionDelayMax: 5000,
+});
+
+socket.on("connect", async () => {
+  const ack = await socket.emitWithAck("subscribe", { topics, since: { ...last } });
+  process.stdout.write(JSON.stringify({ ack }) + "\n");
+});
+
+for (const topic of topics) {
+  socket.on(topic, (update) => {
+    const seq = update.seq;
+    if (!(update.snapshot || seq > (last[topic] ?? 0) || seq === 1)) return; // a repeat
+    last[topic] = seq;
+    process.stdout.write(JSON.stringify({ topic, seq, snapshot: !!update.snapshot, data: update.data }) + "\n");
+  });
+}
+
+socket.on("connect_error", (err) => {
+  if (err.message === "unauthorized") {
+    process.stderr.write(`refused: ${err.data?.reason}\n`); // expired_token: get a new one
+    process.exit(1);
+  }
+});
+
+if (Number(seconds) > 0) {
+  setTimeout(() => { socket.disconnect(); process.exit(0); }, Number(seconds) * 1000);
+}
