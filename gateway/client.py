@@ -36,6 +36,8 @@ import socketio
 log = logging.getLogger(__name__)
 
 OnUpdate = Callable[[str, dict[str, Any]], None]
+#: Seconds before a subscribe answered ``unavailable`` is sent again.
+RETRY_SECONDS = 1.0
 
 
 class _InOrderEngineIOClient(engineio.Client):  # type: ignore[misc]
@@ -94,8 +96,13 @@ class ResumingClient:
         self.acks.append(ack)
         if ack.get("ok"):
             self.subscribed.set()
-        else:
-            log.warning("subscribe refused: %s", ack)
+            return
+        log.warning("subscribe refused: %s", ack)
+        if ack.get("error") == "unavailable" and self.sio.connected:
+            # The gateway's Redis is away: ask again shortly.
+            timer = threading.Timer(RETRY_SECONDS, self._subscribe)
+            timer.daemon = True
+            timer.start()
 
     def _handler(self, topic: str) -> Callable[[dict[str, Any]], None]:
         def receive(update: dict[str, Any]) -> None:

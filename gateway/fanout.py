@@ -73,6 +73,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self._stopping = threading.Event()
         self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
         self.listening = False
+        #: set while the listener is subscribed (``listening``), for those who wait on it
+        self.receiving = threading.Event()
         #: room -> the last seq this worker emitted to it
         self.last_seq: dict[str, int] = {}
         #: the Redis data generation the seqs belong to (see _check_epoch)
@@ -102,8 +104,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         try:
             if ready is None:
                 ready = self._confirmed[channel] = threading.Event()
-                if not self.listening:
-                    raise RedisConnectionError("the fan-out listener is reconnecting")
+                if not self.receiving.wait(CONFIRM_SECONDS):
+                    raise RedisConnectionError("the fan-out listener is not connected to Redis")
                 self.pubsub.subscribe(channel)
             if not ready.wait(CONFIRM_SECONDS):
                 raise RedisTimeoutError(f"Redis did not confirm {channel}")
@@ -154,6 +156,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                     self._redis_connect()
                     self._subscribe_all()
                     self.listening = True
+                    self.receiving.set()
                     if self.epoch is None:
                         self._check_epoch()
                     if failures:
@@ -175,11 +178,11 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
     def _lost(self, exc: RedisError, failures: int) -> None:
         if failures == 0:
             log.warning("fan-out listener lost Redis: %s; reconnecting", exc)
-        self.listening = False
         self._close_pubsub()
 
     def _close_pubsub(self) -> None:
         self.listening = False
+        self.receiving.clear()
         if self.pubsub is not None:
             try:
                 self.pubsub.close()

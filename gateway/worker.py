@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at gunicorn's ``alive`` flag.
 WATCH_SECONDS = 0.1
+#: Seconds a starting worker waits for its fan-out listener before serving.
+START_SECONDS = 5.0
 
 
 class Draining:
@@ -99,6 +101,10 @@ class GatewayWorker:
             self.fanout.initialize()
         self.socketio.start_background_task(self.heartbeat.run, self.stopping)
         self.socketio.start_background_task(self._watch, alive)
+        # Serve only once updates can flow; a Redis that is away delays no
+        # more than this, and /readyz tells the load balancer meanwhile.
+        if not self.fanout.receiving.wait(START_SECONDS):
+            log.warning("worker serving before its fan-out listener reached Redis", extra={"worker": self.worker_id})
         log.info("worker started", extra={"worker": self.worker_id})
 
     def _watch(self, alive: Callable[[], bool]) -> None:

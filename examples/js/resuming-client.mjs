@@ -30,10 +30,15 @@ const socket = io(url, {
   reconnectionDelayMax: 5000,
 });
 
-socket.on("connect", async () => {
-  const ack = await socket.emitWithAck("subscribe", { topics, since: { ...last } });
+async function subscribe() {
+  const ack = await socket.timeout(10000).emitWithAck("subscribe", { topics, since: { ...last } });
   process.stdout.write(JSON.stringify({ ack }) + "\n");
-});
+  if (!ack.ok && ack.error === "unavailable" && socket.connected) {
+    setTimeout(subscribe, 1000); // the gateway's Redis is away: try again shortly
+  }
+}
+
+socket.on("connect", () => subscribe().catch(() => socket.disconnect().connect()));
 
 for (const topic of topics) {
   socket.on(topic, (update) => {

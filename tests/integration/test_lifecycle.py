@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -163,50 +164,54 @@ def test_sighup_reload_moves_clients_to_new_workers(start_gateway: StartGateway)
     assert unclean_lines(gateway.log()) == []
 
 
-def test_half_open_client_is_dropped_within_the_ping_timeout(start_gateway: StartGateway) -> None:
-    gateway = start_gateway(GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="2")
-    user = unique_user()
-    frozen = subprocess.Popen(
+@contextmanager
+def subscribed_client_process(gateway: GatewayProcess, user: str) -> Iterator[subprocess.Popen[str]]:
+    """A client of ``user`` subscribed to ``balance`` in a process of its own, killed at the end."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert frozen.stdout is not None and frozen.stdout.readline().strip() == "subscribed"
-        registry = registry_of(gateway)
+        assert process.stdout is not None and process.stdout.readline().strip() == "subscribed"
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def paced_flood(gateway: GatewayProcess, user: str, count: int) -> None:
+    """``count`` updates of 4 KB to ``user``, paced at about what one worker fans out,
+    so that Redis never drops the worker as a slow pub/sub subscriber."""
+    pause = threading.Event()
+    with Publisher(config=gateway.config) as publisher:
+        for n in range(count):
+            publisher.publish(user, "balance", {"pad": "x" * 4000})
+            if n % 100 == 0:
+                pause.wait(0.02)  # pacing, not synchronisation
+
+
+def test_half_open_client_is_dropped_within_the_ping_timeout(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="2")
+    user = unique_user()
+    registry = registry_of(gateway)
+    with subscribed_client_process(gateway, user) as frozen:
         assert registry.is_subscribed(user, "balance")
         os.kill(frozen.pid, signal.SIGSTOP)
         wait_for(lambda: not registry.is_subscribed(user, "balance"), 10, "half-open client dropped")
-    finally:
-        frozen.kill()
-        frozen.wait(10)
     assert unclean_lines(gateway.log()) == []
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(start_gateway: StartGateway) -> None:
     gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_SEND_QUEUE_LIMIT="200")
     user = unique_user()
-    stalled = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert stalled.stdout is not None and stalled.stdout.readline().strip() == "subscribed"
+    registry = registry_of(gateway)
+    with subscribed_client_process(gateway, user) as stalled:
         (worker,) = gateway.worker_pids()
         before = rss_bytes(worker)
         os.kill(stalled.pid, signal.SIGSTOP)
-        registry = registry_of(gateway)
-        pause = threading.Event()
-        payload = {"pad": "x" * 4000}
-        with Publisher(config=gateway.config) as publisher:
-            for n in range(10_000):  # 40 MB at a client that reads nothing,
-                publisher.publish(user, "balance", payload)
-                if n % 100 == 0:  # paced at about what one worker fans out,
-                    pause.wait(0.02)  # so that Redis never drops the worker as a slow subscriber
+        paced_flood(gateway, user, 10_000)  # 40 MB at a client that reads nothing
         wait_for(lambda: not registry.is_subscribed(user, "balance"), 10, "slow client cut off")
         growth = rss_bytes(worker) - before
-    finally:
-        stalled.kill()
-        stalled.wait(10)
     LOG.info("slow client: worker grew %.1f MB", growth / 1e6)
     assert growth < 20 * 1024 * 1024, f"worker grew {growth / 1e6:.1f} MB"
     assert 'gateway_send_failures_total{reason="slow_client"} 1.0' in gateway.http("/metrics").text
@@ -220,23 +225,10 @@ def test_a_client_killed_while_a_write_to_it_is_blocked_is_counted_not_logged(
     when the client is killed: the failed write is counted as client_gone."""
     gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_SEND_QUEUE_LIMIT="100000")
     user = unique_user()
-    frozen = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.doomed_clients", gateway.url, gateway.token(user)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert frozen.stdout is not None and frozen.stdout.readline().strip() == "subscribed"
+    with subscribed_client_process(gateway, user) as frozen:
         os.kill(frozen.pid, signal.SIGSTOP)
-        pause = threading.Event()
-        with Publisher(config=gateway.config) as publisher:
-            for n in range(6000):  # 24 MB: far more than loopback TCP buffers hold
-                publisher.publish(user, "balance", {"pad": "x" * 4000})
-                if n % 100 == 0:
-                    pause.wait(0.02)  # pacing, as in the slow-client test
+        paced_flood(gateway, user, 6000)  # 24 MB: far more than loopback TCP buffers hold
         os.kill(frozen.pid, signal.SIGKILL)
-        frozen.wait(10)
-    finally:
-        frozen.kill()
         frozen.wait(10)
     counted = 'gateway_send_failures_total{reason="client_gone"} 1.0'
     wait_for(lambda: counted in gateway.http("/metrics").text, 10, "the failed write counted")
