@@ -104,6 +104,10 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    if not server.LISTENERS:
+        # The whole instance is stopping (its listeners are closed first):
+        # each worker removed its own records, and Redis may be going away too.
+        return
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "sweep", "--pid", str(worker.pid)],

@@ -34,8 +34,9 @@ class DemoBook:
             self.prices[symbol] += Decimal(self.rng.randint(-100, 100)) / 100
         symbol = self.rng.choice(SYMBOLS)
         self.order_id += 1
-        side = self.rng.choice(("buy", "sell"))
-        self.positions[symbol] = max(0, self.positions[symbol] + (1 if side == "buy" else -1))
+        side = "buy" if self.positions[symbol] == 0 else self.rng.choice(("buy", "sell"))
+        self.positions[symbol] += 1 if side == "buy" else -1
+        self.cash += -self.prices[symbol] if side == "buy" else self.prices[symbol]
         value = sum(self.prices[s] * q for s, q in self.positions.items())
         return {
             "balance": {"usd": str(self.cash)},

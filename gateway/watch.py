@@ -13,6 +13,7 @@ import sys
 import socketio
 
 from gateway import logs
+from gateway.client import OrderedClient
 
 log = logging.getLogger("gateway.watch")
 DEFAULT_TOPICS = ["balance", "positions", "pnl", "orders"]
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
         sys.exit("usage: python -m gateway.watch URL TOKEN [TOPIC...]")
     url, token, topics = argv[0], argv[1], argv[2:] or DEFAULT_TOPICS
     logs.configure("INFO", "text")
-    client = socketio.Client()
+    client = OrderedClient()
 
     @client.on("*")
     def update(event: str, payload: object) -> None:

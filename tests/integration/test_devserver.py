@@ -1,0 +1,39 @@
+"""``make run``'s server: a private Redis, gunicorn and the demo, from nothing, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.support import REPO, Client, free_port, unclean_lines, wait_for
+
+
+def test_make_run_serves_demo_updates_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "PROMETHEUS_"))}
+    env.update(HOME=str(tmp_path), GATEWAY_BIND=f"127.0.0.1:{free_port()}")
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gateway.devserver"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        banner = wait_for(lambda: re.search(r"token for user 1: (\S+)", log_path.read_text()), 60, "gateway ready")
+        client = Client(f"http://{env['GATEWAY_BIND']}", banner.group(1), user="1").connect()
+        ack = client.call("subscribe", {"topics": ["balance", "positions", "pnl", "orders"]})
+        assert ack["ok"] and set(ack["topics"]) == {"balance", "positions", "pnl", "orders"}
+        updates = client.wait_events("orders", 3, seconds=15)
+        assert [u["user_id"] for u in updates] == ["1", "1", "1"]
+        assert updates[-1]["seq"] > updates[0]["seq"]
+        client.close()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(40) == 0
+    finally:
+        run.kill()
+        run.wait(10)
+    text = log_path.read_text()
+    assert unclean_lines(text) == []
+    assert "Shutting down: Master" in text
