@@ -244,7 +244,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             held = {room: self._unhold(room, sid) for room in rooms}
         for room in rooms:
             last = 0
-            for missed in found.get(room, Catchup()).updates:
+            caught = found.get(room, Catchup())
+            for missed in caught.updates:
                 self._send(sid, str(missed["topic"]), missed)
                 last = int(missed["seq"])
             for event, data in held[room]:
@@ -252,7 +253,12 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 if live is None or live["seq"] > last:
                     self._send(sid, event, data[0] if isinstance(data, list) and len(data) == 1 else data)
                     last = live["seq"] if live is not None else last
-            if last > self.last_seq.get(room, 0):
+            if room not in self.last_seq:
+                # A room new to this worker starts where its first client now is:
+                # live copies at or below it are repeats, and after a Redis
+                # reconnect the listener replays from there.
+                self.last_seq[room] = max(last, caught.current)
+            elif last > self.last_seq[room]:
                 # History ran ahead of the listener: the live copies of what
                 # was just sent are still on their way, and must skip this sid.
                 self._ahead.setdefault(room, {})[sid] = last

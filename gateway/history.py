@@ -30,6 +30,8 @@ class Catchup:
 
     updates: list[dict[str, Any]] = field(default_factory=list)
     snapshot: bool = False
+    #: the topic's seq when history was read: the client is level with it after
+    current: int = 0
 
     def ack(self, seq: int) -> dict[str, Any]:
         """The topic's entry in the subscribe ack: says which happened."""
@@ -47,14 +49,14 @@ def plan(since: int | None, current: int, entries: list[tuple[int, dict[str, Any
     first, when ``since`` is None or ahead of ``current``).
     """
     if since is not None and since == current:
-        return Catchup()
+        return Catchup(current=current)
     if since is not None and since < current and entries and entries[0][0] == since + 1:
-        return Catchup([payload for _, payload in entries])
+        return Catchup([payload for _, payload in entries], current=current)
     if not entries:
-        return Catchup()
+        return Catchup(current=current)
     latest = dict(entries[-1][1])
     latest["snapshot"] = True
-    return Catchup([latest], snapshot=True)
+    return Catchup([latest], snapshot=True, current=current)
 
 
 class History:
@@ -76,7 +78,7 @@ class History:
     def catchup(self, user: str, topic: str, since: int | None, current: int) -> Catchup:
         """What a client that holds ``since`` (None: nothing) must be sent."""
         if since is not None and since == current:
-            return Catchup()
+            return Catchup(current=current)
         if since is None or since > current:
             entries = self._read(self.redis.xrevrange(self.key(user, topic), count=1))
         else:
