@@ -13,7 +13,7 @@ from gateway import metrics
 Check = Callable[[], "str | None"]
 
 
-def blueprint(checks: list[Check]) -> Blueprint:
+def blueprint(checks: list[Check], published: Callable[[], dict[str, int]]) -> Blueprint:
     """Routes for liveness, readiness (every check passes) and metrics."""
     routes = Blueprint("health", __name__)
 
@@ -30,7 +30,7 @@ def blueprint(checks: list[Check]) -> Blueprint:
 
     @routes.get("/metrics")
     def metrics_text() -> Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(published)
         return Response(body, content_type=content_type)
 
     return routes

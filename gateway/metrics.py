@@ -9,9 +9,11 @@ Without it (a single process, tests of one app) the default registry serves.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -19,6 +21,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 CONNECTIONS = Gauge(
     "gateway_connections", "Open client connections.", multiprocess_mode="livesum"
@@ -63,16 +68,37 @@ REDIS_RECONNECTS = Counter(
 )
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of every worker's metrics, and its content type."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+class PublishedCollector(Collector):
+    """``gateway_updates_published_total{topic}``: what every publisher published.
+
+    Publishers run in other processes; the publish script counts in Redis,
+    and this reads the count at scrape time (absent while Redis is away).
+    """
+
+    def __init__(self, published: Callable[[], dict[str, int]]) -> None:
+        self.published = published
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gateway_updates_published",
+            "Updates published by backend jobs, by topic (all instances).",
+            labels=["topic"],
+        )
+        try:
+            counts = self.published()
+        except RedisError:
+            return
+        for topic, count in sorted(counts.items()):
+            family.add_metric([topic], count)
+        yield family
 
 
-def worker_exited(pid: int) -> None:
-    """Drop a dead worker's live gauges (called by the gunicorn master)."""
+def render(published: Callable[[], dict[str, int]]) -> tuple[bytes, str]:
+    """The exposition text of every worker's metrics and the publish counts, and its content type."""
+    workers = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        multiprocess.mark_process_dead(pid)
+        workers = CollectorRegistry()
+        multiprocess.MultiProcessCollector(workers)
+    shared = CollectorRegistry()
+    shared.register(PublishedCollector(published))
+    return generate_latest(workers) + generate_latest(shared), CONTENT_TYPE_LATEST

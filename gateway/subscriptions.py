@@ -139,6 +139,10 @@ class Registry:
 
     # Reads, for workers, publishers and operators.
 
+    def published(self) -> dict[str, int]:
+        """Updates published so far, by topic (counted by the publish script)."""
+        return {text(topic): int(count) for topic, count in self.redis.hgetall(self.key("published")).items()}
+
     def is_subscribed(self, user: str, topic: str) -> bool:
         return bool(self.redis.sismember(self.key("topic", topic), user))
 

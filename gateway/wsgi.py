@@ -66,7 +66,7 @@ def create_app(config: Config | None = None) -> Flask:
     gateway.register(socketio)
     OutboundLimit(socketio.server, config.send_queue_limit)
     checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
-    app.register_blueprint(health.blueprint(checks))
+    app.register_blueprint(health.blueprint(checks, registry.published))
     stopping = threading.Event()
     app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
     app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio, heartbeat, stopping)

@@ -8,6 +8,7 @@
 -- Keys (under the prefix):
 --   seq:<user>:<topic>   string  last seq assigned (1, 2, 3...)
 --   hist:<user>:<topic>  stream  the last updates, entry id <seq>-0, field p = payload
+--   published            hash    topic -> updates published, for /metrics
 -- Because all of it runs as one script, updates of one (user, topic) reach
 -- the channel and the history in seq order whatever the number of publishers.
 -- Returns the seq.
@@ -17,5 +18,6 @@ local payload = ARGV[5] .. seq .. ARGV[6]
 local history = p .. ':hist:' .. user .. ':' .. topic
 redis.call('XADD', history, 'MAXLEN', ARGV[9], seq .. '-0', 'p', payload)
 redis.call('PEXPIRE', history, ARGV[10])
+redis.call('HINCRBY', p .. ':published', topic, 1)
 redis.call('PUBLISH', ARGV[4], ARGV[7] .. payload .. ARGV[8])
 return seq

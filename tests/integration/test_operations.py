@@ -53,6 +53,7 @@ def test_metrics_are_summed_over_workers(start_gateway: StartGateway) -> None:
     for client in clients:
         client.wait_events("balance", 1)
     wait_for(lambda: metric(gateway, "gateway_updates_delivered_total", topic="balance") == 12, 5, "delivered")
+    assert metric(gateway, "gateway_updates_published_total", topic="balance") == 12
     # Routed: each update reaches only the worker that holds its user.
     assert metric(gateway, "gateway_updates_received_total", topic="balance") == 12
     assert metric(gateway, "gateway_publish_to_send_seconds_count") == 12
