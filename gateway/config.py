@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from gateway.errors import ConfigError
 from gateway.protocol import parse_topics
+
+N = TypeVar("N", int, float)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -29,30 +31,25 @@ def _text(value: str) -> str:
     return value.strip()
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
+def _number(convert: Callable[[str], N], what: str, low: N, high: N, unit: str = "") -> Callable[[str], N]:
+    def parse(value: str) -> N:
         try:
-            number = int(value)
+            number = convert(value)
         except ValueError:
-            raise ValueError(f"must be a whole number, got {value!r}") from None
+            raise ValueError(f"must be {what}, got {value!r}") from None
         if not low <= number <= high:
-            raise ValueError(f"must be between {low} and {high}, got {number}")
+            raise ValueError(f"must be between {low:g} and {high:g}{unit}, got {value}")
         return number
 
     return parse
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    return _number(int, "a whole number", low, high)
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"must be a number of seconds, got {value!r}") from None
-        if not low <= number <= high:
-            raise ValueError(f"must be between {low:g} and {high:g} seconds, got {value}")
-        return number
-
-    return parse
+    return _number(float, "a number of seconds", low, high, " seconds")
 
 
 def _redis_url(value: str) -> str:

@@ -60,12 +60,17 @@ class Unauthorized(SocketIORefused):  # type: ignore[misc]
 
 
 def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
-    """Turn an unexpected exception in ``handler`` into one ERROR line and the ``internal`` ack."""
+    """Answer every message: a client mistake (``BadRequest``) with its error ack,
+    counted; an unexpected exception with one ERROR line and the ``internal`` ack."""
 
     @functools.wraps(handler)
     def guarded(*args: Any) -> Ack:
         try:
             return handler(*args)
+        except BadRequest as exc:
+            metrics.BAD_REQUESTS.labels(error=exc.code).inc()
+            log.debug("bad request: %s", exc.message, extra={"sid": current_sid()})
+            return exc.ack()
         except Exception:
             log.exception("%s handler failed", handler.__name__, extra={"sid": current_sid()})
             return INTERNAL.ack()
@@ -150,14 +155,9 @@ class Gateway:
 
     @answers
     def subscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, connection = current_sid(), self.connections.get(current_sid())
-        if connection is None:
-            return NOT_CONNECTED.ack()
+        sid, connection = self._caller()
         user = connection.user
-        try:
-            wanted = protocol.parse_subscribe(payload, self.topics)
-        except BadRequest as exc:
-            return self._refuse(exc, user)
+        wanted = protocol.parse_subscribe(payload, self.topics)
         rooms = {topic: protocol.room_name(topic, user) for topic in wanted.topics}
         seqs: dict[str, int] = {}
 
@@ -191,14 +191,9 @@ class Gateway:
 
     @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
-        sid, connection = current_sid(), self.connections.get(current_sid())
-        if connection is None:
-            return NOT_CONNECTED.ack()
+        sid, connection = self._caller()
         user = connection.user
-        try:
-            topics = protocol.parse_unsubscribe(payload, self.topics)
-        except BadRequest as exc:
-            return self._refuse(exc, user)
+        topics = protocol.parse_unsubscribe(payload, self.topics)
         named = sorted(self.topics) if topics is None else topics
         joined = set(rooms(sid))
         held = [t for t in named if protocol.room_name(t, user) in joined]
@@ -215,7 +210,10 @@ class Gateway:
             leave_room(protocol.room_name(topic, user))
         return {"ok": True, "topics": held}
 
-    def _refuse(self, exc: BadRequest, user: str) -> Ack:
-        metrics.BAD_REQUESTS.labels(error=exc.code).inc()
-        log.debug("bad request: %s", exc.message, extra={"user": user, "sid": current_sid()})
-        return exc.ack()
+    def _caller(self) -> tuple[str, Connection]:
+        """The sid and connection of the message being handled; ``not_connected`` if unknown."""
+        sid = current_sid()
+        connection = self.connections.get(sid)
+        if connection is None:
+            raise NOT_CONNECTED
+        return sid, connection
