@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 Ack = dict[str, Any]
 UNAVAILABLE = BadRequest("unavailable", "The subscription store is unavailable; try again shortly.")
 INTERNAL = BadRequest("internal", "The gateway could not handle this message.")
-NOT_CONNECTED = BadRequest("not_connected", "This connection is not authenticated.")
 
 
 def current_sid() -> str:
@@ -215,5 +214,5 @@ class Gateway:
         sid = current_sid()
         connection = self.connections.get(sid)
         if connection is None:
-            raise NOT_CONNECTED
+            raise BadRequest("not_connected", "This connection is not authenticated.")
         return sid, connection
