@@ -83,6 +83,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self._held: dict[str, dict[str, list[tuple[str, Any]]]] = {}
         #: room -> sid -> seq that catch-up sent the sid ahead of the room's live stream
         self._ahead: dict[str, dict[str, int]] = {}
+        #: (namespace, sid) -> the rooms the client is in, None and its own included
+        self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
         #: user -> number of local connections that need the user's channel
         self._watchers: dict[str, int] = {}
         #: user channel -> set once Redis confirmed the subscription
@@ -127,6 +129,35 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 self.pubsub.unsubscribe(channel)
             except RedisError as exc:
                 log.debug("unsubscribing %s failed: %s", channel, exc)
+
+    # python-socketio finds a client's rooms by scanning every room of the
+    # namespace, on each disconnect and each rooms() call: quadratic when
+    # thousands of clients leave at once (a worker stopped, a network blip).
+    # The manager keeps an index of each client's rooms instead.
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self._sid_rooms.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        return [room for room in self._sid_rooms.get((namespace, sid), ()) if room is not None]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """As python-socketio's, but leaving only the client's own rooms."""
+        for room in self._sid_rooms.pop((namespace, sid), set()):
+            super().basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if sid in pending.get(namespace, ()):
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
 
     def _redis_connect(self) -> None:
         self.redis = self._redis_factory()

@@ -22,6 +22,11 @@ CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 #: A connection idle this long is pinged before use.
 HEALTH_CHECK_INTERVAL = 10
+#: Connections one client may open; past that a command waits for one to be
+#: free (up to POOL_WAIT_SECONDS) rather than failing, as redis-py's default
+#: pool (100, then MaxConnectionsError) does in a storm of connects.
+MAX_CONNECTIONS = 200
+POOL_WAIT_SECONDS = 5.0
 
 
 def retry_policy(retries: int = 4) -> Retry:
@@ -54,4 +59,7 @@ def connect(
         sentinel = Sentinel(sentinels, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
         primary: redis.Redis = sentinel.master_for(service or "mymaster", **options, **auth)
         return primary
-    return redis.Redis.from_url(url, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **options
+    )
+    return redis.Redis(connection_pool=pool)
