@@ -1,0 +1,241 @@
+"""Paced publishers: processes that publish updates at a set rate.
+
+Two ways to publish, one per system under test:
+
+- ``gateway``: :class:`gateway.publisher.Publisher`, as backend jobs do; the
+  gateway assigns each seq in Redis.
+- ``baseline``: ``flask_socketio.SocketIO(message_queue=url).emit(topic,
+  payload, to=room)``, as a plain Flask-SocketIO deployment does; the
+  publisher numbers the updates itself.
+
+Both carry the same update ``{"topic", "user_id", "seq", "ts", "data"}``
+(about 200 bytes of data), stamped with ``ts`` at the moment of publishing.
+
+One process publishes a few thousand updates a second at most, so a rate is
+split over several processes (:class:`PublisherPool`), each owning a share of
+the users, and each reports the rate it reached: a publisher that cannot keep
+up is reported as such, never mistaken for a slow system under test. They run
+at a lower priority (:data:`NICENESS`), so that they take what CPU the system
+under test leaves rather than its share.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from bench.child import Child, call_all, configure_child, serve
+
+log = logging.getLogger(__name__)
+
+#: The topic every client subscribes to and every update goes to.
+TOPIC = "balance"
+#: Bytes of JSON in each update's ``data``.
+DATA_BYTES = 200
+#: Most updates sent back to back before the clock is looked at again.
+BATCH = 256
+#: Seconds between handing out a step and its first update: every process starts together.
+START_DELAY = 0.5
+#: Publishers run at the lowest priority by default: on a small machine,
+#: dozens of busy publisher threads would otherwise take the system under
+#: test's share of the cores (the scheduler shares them per thread). A
+#: publisher that cannot keep up then shows as a publish rate below the rate asked.
+NICENESS = 19
+
+
+def sample_data(size: int = DATA_BYTES) -> dict[str, str]:
+    """An update's data: a balance padded to ``size`` bytes of compact JSON."""
+    data = {"usd": "1020.50", "available": "998.25", "pad": ""}
+    compact = len('{"usd":"1020.50","available":"998.25","pad":""}')
+    data["pad"] = "x" * max(0, size - compact)
+    return data
+
+
+class Sender(Protocol):
+    def send(self, user: str, seq: int) -> int:
+        """Publish one update to ``user``; ``seq`` is the publisher's count, the answer the seq sent."""
+
+
+class GatewaySender:
+    """Publishes with the gateway's own :class:`~gateway.publisher.Publisher`."""
+
+    def __init__(self, redis_url: str, env: Mapping[str, str]) -> None:
+        from gateway.config import Config
+        from gateway.publisher import Publisher
+
+        self.publisher = Publisher(redis_url, config=Config.from_env(env, server=False))
+        self.data = sample_data()
+
+    def send(self, user: str, seq: int) -> int:
+        return int(self.publisher.publish(user, TOPIC, self.data))
+
+
+class BaselineSender:
+    """Publishes as a plain Flask-SocketIO deployment does: an emit through the message queue."""
+
+    def __init__(self, redis_url: str, env: Mapping[str, str]) -> None:
+        from flask_socketio import SocketIO
+
+        self.socketio = SocketIO(message_queue=redis_url)
+        self.data = sample_data()
+
+    def send(self, user: str, seq: int) -> int:
+        update = {"topic": TOPIC, "user_id": user, "seq": seq, "ts": time.time(), "data": self.data}
+        self.socketio.emit(TOPIC, update, to=f"{TOPIC}_{user}")
+        return seq
+
+
+SENDERS: dict[str, type[GatewaySender] | type[BaselineSender]] = {"gateway": GatewaySender, "baseline": BaselineSender}
+
+
+def pace(
+    sender: Sender, users: Sequence[str], rate: float, seconds: float, start_at: float,
+    seq_base: Mapping[str, int], threads: int = 1,
+) -> dict[str, Any]:
+    """Publish ``rate`` updates a second over ``users``, from ``start_at`` for ``seconds``.
+
+    ``threads`` threads share the users and the rate, so that several
+    publishes wait for Redis at once. Stops at the end of the window even when
+    behind: the report then shows the rate reached, lower than the rate asked.
+    """
+    count = max(1, min(threads, len(users)))
+    with ThreadPoolExecutor(count, thread_name_prefix="publish") as pool:
+        shares = [
+            pool.submit(_pace_one, sender, users[i::count], rate / count, seconds, start_at, seq_base)
+            for i in range(count)
+        ]
+        reports = [share.result() for share in shares]
+    ranges: dict[str, list[int]] = {}
+    for report in reports:
+        ranges.update(report["ranges"])
+    return {
+        "sent": sum(r["sent"] for r in reports), "errors": sum(r["errors"] for r in reports),
+        "seconds": max(r["seconds"] for r in reports), "ranges": ranges,
+    }
+
+
+def _pace_one(
+    sender: Sender, users: Sequence[str], rate: float, seconds: float, start_at: float, seq_base: Mapping[str, int]
+) -> dict[str, Any]:
+    """One thread of :func:`pace`: ``users`` in turn, at ``rate``."""
+    total = max(1, round(rate * seconds))
+    seqs = {user: seq_base.get(user, 0) for user in users}
+    ranges: dict[str, list[int]] = {}
+    sent = errors = 0
+    time.sleep(max(0.0, start_at - time.time()))  # pacing: every publisher starts together
+    deadline = start_at + seconds
+    while sent < total and time.time() < deadline:
+        due = min(total, sent + BATCH, int((time.time() - start_at) * rate) + 1)
+        while sent < due:
+            user = users[sent % len(users)]
+            try:
+                seq = sender.send(user, seqs[user] + 1)
+            except (RedisError, ValueError) as exc:
+                errors += 1
+                log.debug("publish failed: %s", exc)
+            else:
+                seqs[user] = seq
+                span = ranges.setdefault(user, [seq, seq, 0])
+                span[1], span[2] = seq, span[2] + 1
+            sent += 1
+        time.sleep(max(0.0, start_at + sent / rate - time.time()))  # pacing: the next update's time
+    return {"sent": sent, "errors": errors, "seconds": time.time() - start_at, "ranges": ranges}
+
+
+def main(conn: Connection, kind: str, redis_url: str, env: dict[str, str], niceness: int, log_level: str) -> None:
+    """A publisher process: one sender, paced on command, at a lower priority."""
+    configure_child(log_level)
+    os.nice(niceness)
+    sender = SENDERS[kind](redis_url, env)
+
+    def publish(**arguments: Any) -> dict[str, Any]:
+        return pace(sender, **arguments)
+
+    serve(conn, {"publish": publish})
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the publishers sent in one window."""
+
+    rate: float
+    achieved: float
+    sent: int
+    errors: int
+    processes: int
+    start: float
+    seconds: float
+    ranges: dict[str, tuple[int, int]]
+    gaps: int
+
+
+class PublisherPool:
+    """Up to ``size`` publisher processes of ``threads`` threads; a window uses as many as its rate needs."""
+
+    def __init__(
+        self, kind: str, redis_url: str, env: dict[str, str], size: int, per_process: int, threads: int,
+        log_level: str, niceness: int = NICENESS,
+    ) -> None:
+        self.per_process = per_process
+        self.threads = threads
+        self.children = [
+            Child(f"publisher-{i}", main, kind, redis_url, env, niceness, log_level) for i in range(size)
+        ]
+        self.last_seq: dict[str, int] = {}
+
+    def __enter__(self) -> PublisherPool:
+        try:
+            for child in self.children:
+                child.start()
+        except BaseException:
+            for child in self.children:
+                child.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for child in self.children:
+            child.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
+
+    def processes_for(self, rate: float) -> int:
+        return max(1, min(len(self.children), math.ceil(rate / self.per_process)))
+
+    def run(self, users: Sequence[str], rate: float, seconds: float) -> Sent:
+        """Publish ``rate`` updates a second over ``users`` for ``seconds``; return what was sent."""
+        count = self.processes_for(rate)
+        start_at = time.time() + START_DELAY
+        shares = [list(users[i::count]) for i in range(count)]
+        arguments = [
+            {"users": share, "rate": rate / count, "seconds": seconds, "start_at": start_at,
+             "seq_base": {user: self.last_seq.get(user, 0) for user in share}, "threads": self.threads}
+            for share in shares
+        ]
+        reports = call_all(self.children[:count], "publish", START_DELAY + seconds + 60, arguments)
+        return self._merge(reports, rate, count, start_at, seconds)
+
+    def _merge(self, reports: list[dict[str, Any]], rate: float, count: int, start_at: float, seconds: float) -> Sent:
+        ranges: dict[str, tuple[int, int]] = {}
+        gaps = 0
+        for report in reports:
+            for user, (first, last, published) in report["ranges"].items():
+                ranges[user] = (first, last)
+                gaps += (last - first + 1) - published
+                self.last_seq[user] = last
+        sent = sum(report["sent"] for report in reports)
+        achieved = sum(report["sent"] / report["seconds"] for report in reports if report["seconds"] > 0)
+        errors = sum(report["errors"] for report in reports)
+        return Sent(rate, achieved, sent, errors, count, start_at, seconds, ranges, gaps)

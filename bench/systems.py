@@ -1,0 +1,175 @@
+"""The systems under test, started as in production, and what their processes cost.
+
+- ``gateway``: ``gunicorn -c gunicorn.conf.py gateway.wsgi:app``, started and
+  stopped by the integration tests' own :class:`GatewayProcess`;
+- ``baseline``: ``gunicorn -c bench/gunicorn_baseline.conf.py
+  'bench.baseline:create_app()'``, the same worker class and connection cap.
+
+Both read the same ``GATEWAY_*`` environment (bind, Redis URL, JWT secret),
+built by the tests' :func:`gateway_env`. Memory is read from
+``/proc/<pid>/status`` (VmRSS) and CPU time from ``/proc/<pid>/stat``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration.support import REPO, GatewayProcess, gateway_env, wait_for
+
+#: Seconds a server has to start, and to stop, before the run fails.
+START_SECONDS = 30
+STOP_SECONDS = 40
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: ESTABLISHED and CLOSE_WAIT in ``/proc/net/tcp``: sockets the server has not closed.
+OPEN_STATES = frozenset({"01", "08"})
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One row of the results: a system and its worker count."""
+
+    name: str
+    workers: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} x{self.workers}"
+
+    @classmethod
+    def parse(cls, text: str) -> SystemSpec:
+        """``gateway:2`` -> gateway with two workers."""
+        name, _, workers = text.partition(":")
+        if name not in ("gateway", "baseline") or not workers.isdigit() or int(workers) < 1:
+            raise ValueError(f"{text!r}: expected gateway:N or baseline:N")
+        return cls(name, int(workers))
+
+
+class BaselineProcess(GatewayProcess):
+    """The plain Flask-SocketIO baseline under gunicorn, managed like the gateway."""
+
+    def start(self, *, wait: bool = True) -> BaselineProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn_baseline.conf.py",
+                 "bench.baseline:create_app()"],
+                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+        if wait:
+            wait_for(self._ready, START_SECONDS, "baseline /healthz")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+        return self.http("/healthz").status_code == 200
+
+
+def new_server(spec: SystemSpec, redis_url: str, folder: Path, secret: str, log_path: Path) -> GatewayProcess:
+    """A server of ``spec``, not yet started, on a free loopback port with a key prefix of its own."""
+    home = folder / f"home-{uuid.uuid4().hex[:8]}"
+    home.mkdir(parents=True)
+    env = gateway_env(
+        redis_url, f"bench{uuid.uuid4().hex[:8]}", home,
+        GATEWAY_WORKERS=str(spec.workers), GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="INFO",
+    )
+    kind = GatewayProcess if spec.name == "gateway" else BaselineProcess
+    return kind(env, log_path)
+
+
+def stop_server(server: GatewayProcess) -> None:
+    server.stop(seconds=STOP_SECONDS)
+
+
+def open_sockets(port: int) -> int:
+    """TCP connections on local ``port`` (IPv4) that the server has not closed yet.
+
+    A client that closed leaves the server's end in CLOSE_WAIT until the
+    server has handled the disconnect and closed it too (after which it may
+    linger in TIME_WAIT, which is not counted).
+    """
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] in OPEN_STATES and int(fields[1].rpartition(":")[2], 16) == port:
+            count += 1
+    return count
+
+
+def rss_kb(pids: list[int]) -> int:
+    """Resident memory of ``pids`` added up, in KiB (VmRSS)."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def waiting_seconds(pid: int) -> float:
+    """Time ``pid`` spent runnable but waiting for a CPU so far (``/proc/<pid>/schedstat``); 0 when gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except FileNotFoundError:
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy so far, all cores (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Seconds of CPU each group ran, and seconds it was ready to run but waited for a CPU."""
+
+    ran: dict[str, float]
+    waited: dict[str, float]
+
+    @staticmethod
+    def percent(seconds: dict[str, float], window: float) -> dict[str, float]:
+        """Seconds over a window of ``window`` seconds as % of one core."""
+        return {name: round(100 * value / window, 1) for name, value in seconds.items()}
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    """CPU use of named groups of processes over a window.
+
+    ``other`` is what the rest of the machine used meanwhile: anything else
+    running on it competes with the benchmark for the same cores. Waiting for
+    a CPU while runnable means the machine, not the process, was the limit.
+    """
+
+    groups: dict[str, list[int]]
+
+    def read(self) -> Usage:
+        ran = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        ran["machine"] = machine_busy_seconds()
+        waited = {name: sum(waiting_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        return Usage(ran, waited)
+
+    @staticmethod
+    def between(before: Usage, after: Usage) -> Usage:
+        """What each group used between two readings; ``other`` for the rest of the machine."""
+        ran = {name: after.ran[name] - before.ran[name] for name in before.ran}
+        machine = ran.pop("machine")
+        ran["other"] = max(0.0, machine - sum(ran.values()))
+        waited = {name: after.waited[name] - before.waited[name] for name in before.waited}
+        return Usage({k: round(v, 3) for k, v in ran.items()}, {k: round(v, 3) for k, v in waited.items()})
