@@ -489,7 +489,7 @@ class Crowd:
     def join(self, topic: str) -> None:
         user = unique_user()
         client = Client(self.nginx.url, self.gateway.token(user), user=user, reconnection=True,
-                        reconnection_delay=0.1, reconnection_delay_max=0.5, randomization_factor=0.2)
+                        reconnection_delay=0.5, reconnection_delay_max=1.0)
         client.sio.on("connect", lambda: self.connects.update([user]))
         self.clients[user] = client.connect()  # with Origin: <nginx url>, as a page of the same origin would
         client.subscribe(topic)

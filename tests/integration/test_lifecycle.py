@@ -140,7 +140,7 @@ def gateway_graceful_timeout() -> float:
 def test_sighup_reload_moves_clients_to_new_workers(start_gateway: StartGateway) -> None:
     gateway = start_gateway()
     clients = [
-        gateway.client(unique_user(), reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.5)
+        gateway.client(unique_user(), reconnection=True, reconnection_delay=0.5, reconnection_delay_max=1.0)
         for _ in range(10)
     ]
     for client in clients:

@@ -148,7 +148,7 @@ def test_resuming_client_sees_every_seq_once_across_a_reload(start_gateway: Star
     received: list[int] = []
     client = ResumingClient(
         gateway.url, gateway.token(user), ["balance"], lambda topic, update: received.append(update["seq"]),
-        reconnection_delay=0.1, reconnection_delay_max=0.5,
+        reconnection_delay=0.5, reconnection_delay_max=1.0,
     )
     client.connect()
     assert client.subscribed.wait(10)
