@@ -164,28 +164,53 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.pubsub = self.redis.pubsub()
         self.connected = True
 
-    def _subscribe_all(self) -> None:
+    def _subscribe_all(self) -> list[dict[str, Any]]:
+        """Subscribe to every channel this worker needs; return once Redis confirmed them all.
+
+        Replaying history before the confirmations would lose what is
+        published between the history read and the subscription. Messages
+        that arrive meanwhile are returned, to be handled after the replay.
+        """
         channels = [protocol.user_channel(self.history.prefix, user) for user in self._watchers]
         self.pubsub.subscribe(self.channel)
         for start in range(0, len(channels), 1000):
             self.pubsub.subscribe(*channels[start:start + 1000])
+        early: list[dict[str, Any]] = []
+        waiting = 1 + len(channels)
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        while waiting and time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.1)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                waiting -= 1
+                self._confirm(message)
+            else:
+                early.append(message)
+        if waiting:
+            raise RedisTimeoutError(f"Redis confirmed all but {waiting} subscriptions")
+        return early
+
+    def _confirm(self, message: dict[str, Any]) -> None:
+        ready = self._confirmed.get(protocol.text(message["channel"]))
+        if ready is not None:
+            ready.set()
 
     def _listen(self) -> Iterator[bytes]:
         for message in self._redis_listen_with_retries():
             if message["type"] == "message":
                 yield message["data"]
             elif message["type"] == "subscribe":
-                ready = self._confirmed.get(protocol.text(message["channel"]))
-                if ready is not None:
-                    ready.set()
+                self._confirm(message)
 
     def _redis_listen_with_retries(self) -> Iterator[dict[str, Any]]:
         failures = 0
         while not self._stopping.is_set():
             try:
+                early: list[dict[str, Any]] = []
                 if not self.listening:
                     self._redis_connect()
-                    self._subscribe_all()
+                    early = self._subscribe_all()
                     self.listening = True
                     self.receiving.set()
                     if self.epoch is None:
@@ -196,12 +221,13 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                         self._replay_missed()
                         self.on_reconnect()
                     failures = 0
-                message = self.pubsub.get_message(timeout=POLL_SECONDS)
+                message = self.pubsub.get_message(timeout=POLL_SECONDS) if not early else None
             except RedisError as exc:
                 self._lost(exc, failures)
                 failures += 1
                 self._stopping.wait(self._backoff.compute(failures))
                 continue
+            yield from early
             if message is not None:
                 yield message
         self._close_pubsub()
