@@ -12,7 +12,7 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -147,3 +147,14 @@ def _answer(command: str, handler: Handler, arguments: Mapping[str, Any]) -> tup
     except Exception as exc:
         log.exception("%s failed", command)
         return False, f"{type(exc).__name__}: {exc}"
+
+
+def start_all(children: Sequence[Child]) -> None:
+    """Start every child; if one fails to start, stop those already started, then raise."""
+    try:
+        for child in children:
+            child.start()
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise

@@ -40,7 +40,7 @@ import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from bench.child import AsyncHandler, BenchError, Child, call_all, configure_child, serve_async
+from bench.child import AsyncHandler, BenchError, Child, call_all, configure_child, serve_async, start_all
 
 log = logging.getLogger(__name__)
 
@@ -385,13 +385,7 @@ class LoadGen:
         self.shard_users = [set(shard) for shard in shards if shard]
 
     def __enter__(self) -> LoadGen:
-        try:
-            for child in self.children:
-                child.start()
-        except BaseException:
-            for child in self.children:
-                child.stop()
-            raise
+        start_all(self.children)
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

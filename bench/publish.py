@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from bench.child import Child, call_all, configure_child, serve
+from bench.child import Child, call_all, configure_child, serve, start_all
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +194,7 @@ class PublisherPool:
         self.last_seq: dict[str, int] = {}
 
     def __enter__(self) -> PublisherPool:
-        try:
-            for child in self.children:
-                child.start()
-        except BaseException:
-            for child in self.children:
-                child.stop()
-            raise
+        start_all(self.children)
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
