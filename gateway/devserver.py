@@ -118,8 +118,9 @@ def main() -> int:
             log.info(
                 "gateway ready on %s (2 workers), demo updates every second for users 1-3.\n"
                 "  token for user 1: %s\n"
-                "  connect: python -m gateway.watch %s <token>   (Ctrl-C here stops everything)",
-                base, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)", base,
+                "  watch it: %s -m gateway.watch %s <token>   (Ctrl-C here stops everything)",
+                base, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)",
+                os.path.relpath(sys.executable), base,
             )
             while not stopping.is_set() and gunicorn.poll() is None:
                 stopping.wait(0.5)
