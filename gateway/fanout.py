@@ -368,13 +368,17 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         except RedisError as exc:
             log.warning("fan-out could not check for lost data: %s", exc)
             return
-        for room, last in list(self.last_seq.items()):
+        rooms = list(self.last_seq)
+        asked = []
+        for room in rooms:
             topic, _, user = room.partition("_")
-            try:
-                missed = self.history.missed(user, topic, last)
-            except RedisError as exc:
-                log.warning("fan-out could not replay what room %s missed: %s", room, exc)
-                return
+            asked.append((user, topic, self.last_seq[room]))
+        try:
+            found = self.history.missed(asked)
+        except RedisError as exc:
+            log.warning("fan-out could not replay what %d rooms missed: %s", len(rooms), exc)
+            return
+        for room, (_, topic, _), missed in zip(rooms, asked, found, strict=True):
             for update in missed.updates:
                 message = {"method": "emit", "event": topic, "data": [update], "namespace": "/", "room": room}
                 if missed.snapshot:

@@ -85,10 +85,20 @@ class History:
             entries = self._read(self.redis.xrange(self.key(user, topic), min=f"{since + 1}-0"))
         return plan(since, current, entries)
 
-    def missed(self, user: str, topic: str, seq: int) -> Catchup:
-        """What a listener that last delivered ``seq`` missed (after a Redis reconnect)."""
-        entries = self._read(self.redis.xrange(self.key(user, topic), min=f"{seq + 1}-0"))
-        return plan(seq, entries[-1][0] if entries else seq, entries)
+    def missed(self, rooms: list[tuple[str, str, int]]) -> list[Catchup]:
+        """What a listener missed in each ``(user, topic, last seq delivered)``, in one round trip.
+
+        After a Redis reconnect a worker asks this for every room it serves.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for user, topic, seq in rooms:
+                pipe.xrange(self.key(user, topic), min=f"{seq + 1}-0")
+            replies = pipe.execute()
+        caught = []
+        for (_, _, seq), reply in zip(rooms, replies, strict=True):
+            entries = self._read(reply)
+            caught.append(plan(seq, entries[-1][0] if entries else seq, entries))
+        return caught
 
     @staticmethod
     def _read(reply: Any) -> list[tuple[int, dict[str, Any]]]:
