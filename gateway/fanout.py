@@ -16,6 +16,12 @@ listener replaced:
 - a malformed queue message is logged and skipped, a failing handler is
   logged once with its traceback, and neither stops the listener.
 
+Speed: an update on a user's channel (``u1 <topic> <user> <ts> <seq>``, then
+the payload; see :class:`gateway.protocol.Routed`) is sent to the room's
+clients as it was published: the worker reads its header, never decodes and
+encodes its JSON, and builds one Engine.IO packet for all the room's
+clients. Its counts go to /metrics in batches (:class:`metrics.FanoutTally`).
+
 Ordering and catch-up, per room (one user's topic) on this worker:
 
 - an update is emitted only if its seq is above the last one this worker
@@ -34,10 +40,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 import socketio
+from engineio import packet as eio_packet
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -52,6 +60,23 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 #: Seconds to wait for Redis to confirm a new user channel subscription.
 CONFIRM_SECONDS = 5.0
+#: Seconds the fan-out's counts may wait in memory before they are written to /metrics.
+FLUSH_SECONDS = 0.25
+_UPDATE_MARK = protocol.UPDATE_MARK.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A live update held back from a client that catches up.
+
+    Either an Engine.IO ``packet`` built once for the room, or a queue
+    message's ``data`` for Socket.IO to encode; ``seq`` when it is an update.
+    """
+
+    seq: int | None
+    event: str
+    data: Any = None
+    packet: eio_packet.Packet | None = None
 
 
 class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
@@ -79,8 +104,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.last_seq: dict[str, int] = {}
         #: the Redis data generation the seqs belong to (see _check_epoch)
         self.epoch: str | None = None
-        #: room -> sid -> (event, data) held back while the sid catches up
-        self._held: dict[str, dict[str, list[tuple[str, Any]]]] = {}
+        #: room -> sid -> updates held back while the sid catches up
+        self._held: dict[str, dict[str, list[Held]]] = {}
         #: room -> sid -> seq that catch-up sent the sid ahead of the room's live stream
         self._ahead: dict[str, dict[str, int]] = {}
         #: (namespace, sid) -> the rooms the client is in, None and its own included
@@ -89,6 +114,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self._watchers: dict[str, int] = {}
         #: user channel -> set once Redis confirmed the subscription
         self._confirmed: dict[str, threading.Event] = {}
+        self.tally = metrics.FanoutTally()
+        self._flushed = time.monotonic()
 
     def stop(self) -> None:
         """Ask the listener to finish; it does within ``POLL_SECONDS``."""
@@ -221,7 +248,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                         self._replay_missed()
                         self.on_reconnect()
                     failures = 0
-                message = self.pubsub.get_message(timeout=POLL_SECONDS) if not early else None
+                message = None if early else self._next_message()
             except RedisError as exc:
                 self._lost(exc, failures)
                 failures += 1
@@ -231,6 +258,16 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             if message is not None:
                 yield message
         self._close_pubsub()
+
+    def _next_message(self) -> dict[str, Any] | None:
+        """The next message from Redis; the counts are written out every ``FLUSH_SECONDS``, busy or idle."""
+        wait = FLUSH_SECONDS if self.tally else POLL_SECONDS
+        message: dict[str, Any] | None = self.pubsub.get_message(timeout=wait)
+        now = time.monotonic()
+        if message is None or now - self._flushed >= FLUSH_SECONDS:
+            self.tally.flush()
+            self._flushed = now
+        return message
 
     def _lost(self, exc: RedisError, failures: int) -> None:
         if failures == 0:
@@ -248,6 +285,9 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     def _thread(self) -> None:
         for message in self._listen():
+            if message.startswith(_UPDATE_MARK):
+                self._route(message)
+                continue
             try:
                 data = self.json.loads(message)
             except ValueError:
@@ -256,35 +296,75 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             if isinstance(data, dict):
                 self._dispatch(data)
 
-    def _handle_emit(self, message: dict[str, Any]) -> None:
+    def _route(self, message: bytes) -> None:
+        """Send an update from a user's channel to its room."""
+        try:
+            update = protocol.parse_routed(message)
+        except ValueError:
+            log.warning("fan-out skipped a malformed update message (%d bytes)", len(message))
+            return
+        try:
+            self._emit_update(update)
+        except Exception:
+            log.exception("fan-out of an update to %s failed", update.room)
+
+    def _emit_update(self, update: protocol.Routed) -> None:
         """Emit to the local room: once per seq, in order, holding back clients that catch up."""
+        room, topic, tally = update.room, update.topic, self.tally
+        tally.received[topic] += 1
+        members = self.rooms.get("/", {}).get(room)
+        if not members:
+            return
+        if update.seq <= self.last_seq.get(room, 0):
+            tally.skipped[topic] += 1
+            return
+        self.last_seq[room] = update.seq
+        packet = eio_packet.Packet(eio_packet.MESSAGE, update.socketio_packet())
+        skip = self._skipped(room, update.seq, Held(update.seq, topic, packet=packet))
+        sent = 0
+        for sid, eio_sid in list(members.items()):
+            if sid not in skip:
+                self.server._send_eio_packet(eio_sid, packet)
+                sent += 1
+        tally.delivered[topic] += sent
+        tally.latencies.append(max(0.0, time.time() - update.ts))
+
+    def _skipped(self, room: str, seq: int | None, item: Held) -> set[str]:
+        """Clients of ``room`` not to send ``item`` now: those catching up (it is held for them) and those ahead."""
+        held = self._held.get(room)
+        skip = set(held or ())
+        if held:
+            for queue in held.values():
+                queue.append(item)
+        if seq is not None and room in self._ahead:
+            skip.update(self._already_sent(room, seq))
+        return skip
+
+    def _handle_emit(self, message: dict[str, Any]) -> None:
+        """A Flask-SocketIO queue message: emitted as :meth:`_emit_update` does, through Socket.IO."""
         event = str(message.get("event"))
         namespace = message.get("namespace") or "/"
         room = message.get("room")
         members = self.rooms.get(namespace, {}).get(room, ())
-        metrics.UPDATES_RECEIVED.labels(topic=event).inc()
+        self.tally.received[event] += 1
         if not members:
             return
         update = _update(message.get("data"))
-        if update is not None and isinstance(room, str):
-            seq = update["seq"]
+        seq = update["seq"] if update is not None else None
+        if seq is not None and isinstance(room, str):
             if seq <= self.last_seq.get(room, 0):
-                metrics.UPDATES_SKIPPED.labels(topic=event).inc()
+                self.tally.skipped[event] += 1
                 return
             self.last_seq[room] = seq
-        held = self._held.get(room) if isinstance(room, str) else None
-        skip = list(held or ())
-        if held:
-            for queue in held.values():
-                queue.append((event, message.get("data")))
-        if update is not None and room in self._ahead:
-            skip += self._already_sent(room, update["seq"])
+        skip: set[str] = set()
+        if isinstance(room, str):
+            skip = self._skipped(room, seq, Held(seq, event, data=message.get("data")))
         if skip:
-            message = {**message, "skip_sid": skip}
+            message = {**message, "skip_sid": list(skip)}
         super()._handle_emit(message)
-        metrics.UPDATES_DELIVERED.labels(topic=event).inc(len(members) - len(skip))
+        self.tally.delivered[event] += len(members) - len(skip)
         if update is not None:
-            metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - update["ts"]))
+            self.tally.latencies.append(max(0.0, time.time() - update["ts"]))
 
     def catch_up(self, sid: str, rooms: list[str], fetch: Callable[[], dict[str, Catchup]]) -> dict[str, Catchup]:
         """Bring ``sid`` up to date in ``rooms``: what ``fetch`` found, then what arrived meanwhile.
@@ -305,11 +385,10 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             for missed in caught.updates:
                 self._send(sid, str(missed["topic"]), missed)
                 last = int(missed["seq"])
-            for event, data in held[room]:
-                live = _update(data)
-                if live is None or live["seq"] > last:
-                    self._send(sid, event, data[0] if isinstance(data, list) and len(data) == 1 else data)
-                    last = live["seq"] if live is not None else last
+            for item in held[room]:
+                if item.seq is None or item.seq > last:
+                    self._deliver(sid, item)
+                    last = item.seq if item.seq is not None else last
             if room not in self.last_seq:
                 # A room new to this worker starts where its first client now is:
                 # live copies at or below it are repeats, and after a Redis
@@ -331,7 +410,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             del self._ahead[room]
         return skip
 
-    def _unhold(self, room: str, sid: str) -> list[tuple[str, Any]]:
+    def _unhold(self, room: str, sid: str) -> list[Held]:
         held = self._held.get(room, {})
         queue = held.pop(sid, [])
         if not held:
@@ -340,6 +419,15 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     def _send(self, sid: str, event: str, data: Any) -> None:
         self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
+
+    def _deliver(self, sid: str, item: Held) -> None:
+        if item.packet is None:
+            data = item.data
+            self._send(sid, item.event, data[0] if isinstance(data, list) and len(data) == 1 else data)
+            return
+        eio_sid = self.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self.server._send_eio_packet(eio_sid, item.packet)
 
     def forget_empty_rooms(self) -> None:
         """Drop what is known of rooms this worker no longer serves."""

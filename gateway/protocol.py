@@ -139,30 +139,34 @@ def encode_data(data: object) -> str:
         raise ValueError(f"update data is not JSON-serialisable: {exc}") from None
 
 
+#: How an update starts on a user's channel; anything else there is a
+#: Flask-SocketIO queue message (an emit made through its message queue).
+UPDATE_MARK = "u1 "
+
+
 @dataclass(frozen=True)
 class Envelope:
     """An update in the parts the atomic Redis publish joins around its ``seq``.
 
     The payload clients receive is ``payload_head + seq + payload_tail``; it is
-    kept as history as is, and published wrapped in the queue message
-    ``message_head + payload + message_tail``. Everything but the seq is
-    encoded once, here; the seq is only known inside the script.
+    kept as history as is, and published as ``message_head + seq + "\n" +
+    payload`` (see :class:`Routed`). Everything but the seq is encoded once,
+    here; the seq is only known inside the script.
     """
 
     payload_head: str
     payload_tail: str
     message_head: str
-    message_tail: str
 
     def payload(self, seq: int) -> str:
         return f"{self.payload_head}{seq}{self.payload_tail}"
 
     def with_seq(self, seq: int) -> str:
-        return f"{self.message_head}{self.payload(seq)}{self.message_tail}"
+        return f"{self.message_head}{seq}\n{self.payload(seq)}"
 
 
-def update_envelope(*, topic: str, user: str, ts: float, data_json: str, host_id: str) -> Envelope:
-    """Build one update, and the Flask-SocketIO queue message that carries it.
+def update_envelope(*, topic: str, user: str, ts: float, data_json: str) -> Envelope:
+    """Build one update, and the message that carries it to the workers.
 
     The payload is ``{"topic", "user_id", "seq", "ts", "data"}``, emitted as
     event ``topic`` to room ``topic_user``.
@@ -170,15 +174,48 @@ def update_envelope(*, topic: str, user: str, ts: float, data_json: str, host_id
     if not math.isfinite(ts):
         raise ValueError("ts must be finite")
     q = json.dumps
+    stamp = repr(round(ts, 6))
     return Envelope(
         payload_head="".join(['{"topic":', q(topic), ',"user_id":', q(user), ',"seq":']),
-        payload_tail="".join([',"ts":', repr(round(ts, 6)), ',"data":', data_json, "}"]),
-        message_head="".join(['{"method":"emit","event":', q(topic), ',"data":[']),
-        message_tail="".join([
-            '],"binary":false,"namespace":', q(NAMESPACE), ',"room":', q(room_name(topic, user)),
-            ',"skip_sid":null,"callback":null,"host_id":', q(host_id), "}",
-        ]),
+        payload_tail="".join([',"ts":', stamp, ',"data":', data_json, "}"]),
+        message_head=f"{UPDATE_MARK}{topic} {user} {stamp} ",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """An update as a worker receives it: ``u1 <topic> <user> <ts> <seq>\n<payload>``.
+
+    The header is all a worker reads: the payload goes to the clients as it
+    was published, never decoded and encoded again.
+    """
+
+    topic: str
+    user: str
+    ts: float
+    seq: int
+    payload: str
+
+    @property
+    def room(self) -> str:
+        return room_name(self.topic, self.user)
+
+    def socketio_packet(self) -> str:
+        """The Socket.IO EVENT packet of the default namespace: ``2["<topic>",<payload>]``."""
+        return f'2["{self.topic}",{self.payload}]'
+
+
+def parse_routed(message: bytes | str) -> Routed:
+    """Read an update message; raise ``ValueError`` when it is not one."""
+    raw = text(message)
+    head, newline, payload = raw.partition("\n")
+    parts = head.split(" ")
+    if not newline or len(parts) != 5 or f"{parts[0]} " != UPDATE_MARK:
+        raise ValueError("not an update message")
+    _, topic, user, ts, seq = parts
+    if not is_topic_name(topic) or USER_ID_RE.fullmatch(user) is None:
+        raise ValueError("update message with a bad topic or user")
+    return Routed(topic, user, float(ts), int(seq), payload)
 
 
 def parse_topics(text: str) -> tuple[str, ...]:

@@ -16,13 +16,17 @@ Guarantees:
 - Routed: an update goes to the user's own channel, which only the workers
   holding a connection of that user listen to, so a worker's work does not
   grow with the number of workers and instances.
+- Batches: ``publish_many`` sends many updates in one round trip to Redis,
+  each with the same guarantees as ``publish``; a job that updates every
+  user at once spends a few microseconds of network per update instead of a
+  round trip.
 - Plain Python: no gevent needed; one ``Publisher`` may be shared by threads.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
+from collections.abc import Iterable
 from types import TracebackType
 
 from redis.exceptions import RedisError
@@ -46,23 +50,33 @@ class Publisher:
         self.registry = Registry(self.redis, self.config.key_prefix)
         self._topics = frozenset(self.config.topics)
         self._publish = load_script(self.redis, "publish")
-        self._host_id = f"publisher-{uuid.uuid4().hex}"
 
     def publish(self, user_id: str | int, topic: str, data: object) -> int:
         """Send ``data`` to ``user_id``'s subscribers of ``topic``; return its seq."""
-        user = self._check(user_id, topic)
-        envelope = protocol.update_envelope(
-            topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data), host_id=self._host_id
-        )
-        args: list[str | int] = [
-            self.config.key_prefix, user, topic, protocol.user_channel(self.config.key_prefix, user),
-            envelope.payload_head, envelope.payload_tail, envelope.message_head, envelope.message_tail,
-            self.config.history_size, int(self.config.history_ttl * 1000),
-        ]
+        args = self._arguments(user_id, topic, data)
         try:
             return int(self._publish(args=args))
         except RedisError as exc:
-            raise PublishError(f"update {topic} for user {user} not published: {exc}") from exc
+            raise PublishError(f"update {topic} for user {args[1]} not published: {exc}") from exc
+
+    def publish_many(self, updates: Iterable[tuple[str | int, str, object]]) -> list[int]:
+        """Publish ``(user_id, topic, data)`` updates in one round trip; return their seqs, in order.
+
+        Every update is checked before any is sent: one bad update raises
+        ``ValueError`` and nothing is published. ``PublishError`` means Redis
+        failed during the batch: the updates before the failure may have been
+        published (each with its seq, in history), the others were not.
+        """
+        batch = [self._arguments(user_id, topic, data) for user_id, topic, data in updates]
+        if not batch:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for args in batch:
+            self._publish(args=args, client=pipe)
+        try:
+            return [int(seq) for seq in pipe.execute()]
+        except RedisError as exc:
+            raise PublishError(f"a batch of {len(batch)} updates was not fully published: {exc}") from exc
 
     def is_subscribed(self, user_id: str | int, topic: str) -> bool:
         return self.registry.is_subscribed(self._check(user_id, topic), topic)
@@ -82,6 +96,18 @@ class Publisher:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
+
+    def _arguments(self, user_id: str | int, topic: str, data: object) -> list[str | int]:
+        """The publish script's arguments for one update (see ``lua/publish.lua``)."""
+        user = self._check(user_id, topic)
+        envelope = protocol.update_envelope(
+            topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data)
+        )
+        return [
+            self.config.key_prefix, user, topic, protocol.user_channel(self.config.key_prefix, user),
+            envelope.payload_head, envelope.payload_tail, envelope.message_head,
+            self.config.history_size, int(self.config.history_ttl * 1000),
+        ]
 
     def _check_topic(self, topic: str) -> None:
         if topic not in self._topics:

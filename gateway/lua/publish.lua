@@ -3,8 +3,8 @@
 --
 -- ARGV[1] key prefix, ARGV[2] user id, ARGV[3] topic, ARGV[4] channel,
 -- ARGV[5] payload head, ARGV[6] payload tail (payload = head..seq..tail),
--- ARGV[7] message head, ARGV[8] message tail (message = head..payload..tail),
--- ARGV[9] history length, ARGV[10] history lifetime in milliseconds.
+-- ARGV[7] message head (message = head..seq.."\n"..payload),
+-- ARGV[8] history length, ARGV[9] history lifetime in milliseconds.
 -- Keys (under the prefix):
 --   seq:<user>:<topic>   string  last seq assigned (1, 2, 3...)
 --   hist:<user>:<topic>  stream  the last updates, entry id <seq>-0, field p = payload
@@ -16,8 +16,8 @@ local p, user, topic = ARGV[1], ARGV[2], ARGV[3]
 local seq = redis.call('INCR', p .. ':seq:' .. user .. ':' .. topic)
 local payload = ARGV[5] .. seq .. ARGV[6]
 local history = p .. ':hist:' .. user .. ':' .. topic
-redis.call('XADD', history, 'MAXLEN', ARGV[9], seq .. '-0', 'p', payload)
-redis.call('PEXPIRE', history, ARGV[10])
+redis.call('XADD', history, 'MAXLEN', ARGV[8], seq .. '-0', 'p', payload)
+redis.call('PEXPIRE', history, ARGV[9])
 redis.call('HINCRBY', p .. ':published', topic, 1)
-redis.call('PUBLISH', ARGV[4], ARGV[7] .. payload .. ARGV[8])
+redis.call('PUBLISH', ARGV[4], ARGV[7] .. seq .. '\n' .. payload)
 return seq

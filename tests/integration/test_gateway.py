@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,29 @@ def test_seed_style_flask_socketio_emit_reaches_the_room(gateway: GatewayProcess
     client.subscribe("balance")
     SocketIO(message_queue=gateway.config.redis_url).emit("balance", {"usd": "7.00"}, to=f"balance_{user}")
     assert client.wait_events("balance", 1) == [{"usd": "7.00"}]
+    client.close()
+
+
+def test_garbage_on_a_user_channel_is_skipped_and_updates_keep_flowing(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gateway = start_gateway(GATEWAY_WORKERS="1")
+    publisher = Publisher(config=gateway.config)
+    user = unique_user()
+    client = gateway.client(user).connect()
+    client.subscribe("balance")
+    channel = f"{gateway.config.key_prefix}:u:{user}"
+    queue = redis.Redis.from_url(gateway.config.redis_url)
+    garbage = [b"u1 balance", b"u1 balance " + user.encode() + b" soon 1\n{}", b"{not json", b'{"method": "nope"}']
+    for message in garbage:
+        assert queue.publish(channel, message) >= 1
+    assert publisher.publish(user, "balance", {"usd": "1"}) == 1
+    (update,) = client.wait_events("balance", 1)
+    assert (update["seq"], update["data"]) == (1, {"usd": "1"})
+    wait_for(lambda: gateway.log().count("skipped a malformed update message") >= 2, 5, "malformed update warnings")
+    assert "Traceback" not in gateway.log()
+    queue.close()
+    publisher.close()
     client.close()
 
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import redis
 
+from gateway import protocol
 from gateway.config import Config
 from gateway.errors import ConfigError, PublishError
 from gateway.publisher import Publisher
@@ -38,13 +39,13 @@ def listen(client: redis.Redis, channel: str) -> redis.client.PubSub:
     return pubsub
 
 
-def drain(pubsub: redis.client.PubSub, count: int) -> list[dict[str, object]]:
-    received: list[dict[str, object]] = []
+def drain(pubsub: redis.client.PubSub, count: int) -> list[protocol.Routed]:
+    received: list[protocol.Routed] = []
 
     def more() -> bool:
         message = pubsub.get_message(timeout=0.1)
         if message is not None:
-            received.append(json.loads(message["data"]))
+            received.append(protocol.parse_routed(message["data"]))
         return len(received) >= count
 
     wait_for(more, 15, f"{count} messages on the channel", interval=0)
@@ -58,18 +59,41 @@ def test_seq_counts_per_user_and_topic(publisher: Publisher) -> None:
     assert publisher.publish(4, "balance", None) == 4
 
 
-def test_message_is_what_flask_socketio_workers_read(
+def test_message_on_the_user_channel_carries_the_update_and_its_room(
     publisher: Publisher, redis_client: redis.Redis, prefix: str
 ) -> None:
     pubsub = listen(redis_client, f"{prefix}:u:4")
     publisher.publish(4, "balance", {"usd": "1020.50", "note": '"seq": 99'})
     (message,) = drain(pubsub, 1)
-    assert message["method"] == "emit" and message["event"] == "balance"
-    assert message["room"] == "balance_4" and message["namespace"] == "/"
-    (payload,) = message["data"]
+    assert (message.room, message.seq) == ("balance_4", 1)
+    payload = json.loads(message.payload)
     assert payload["seq"] == 1 and payload["user_id"] == "4" and payload["topic"] == "balance"
     assert payload["data"] == {"usd": "1020.50", "note": '"seq": 99'}
+    assert payload["ts"] == message.ts
     pubsub.close()
+
+
+def test_publish_many_sends_a_batch_in_order_with_one_seq_each(
+    publisher: Publisher, redis_client: redis.Redis, prefix: str
+) -> None:
+    pubsub = listen(redis_client, f"{prefix}:u:4")
+    publisher.publish(4, "pnl", {"n": 0})
+    updates = [(4, "balance", {"n": 1}), (4, "pnl", {"n": 2}), ("5", "balance", {"n": 3}), (4, "balance", {"n": 4})]
+    assert publisher.publish_many(updates) == [1, 2, 1, 2]
+    received = drain(pubsub, 4)
+    assert [(m.topic, m.seq, json.loads(m.payload)["data"]["n"]) for m in received] == [
+        ("pnl", 1, 0), ("balance", 1, 1), ("pnl", 2, 2), ("balance", 2, 4)
+    ]
+    assert publisher.publish_many([]) == []
+    pubsub.close()
+
+
+def test_publish_many_sends_nothing_when_one_update_is_bad(
+    publisher: Publisher, redis_client: redis.Redis, prefix: str
+) -> None:
+    with pytest.raises(ValueError, match="unknown topic"):
+        publisher.publish_many([(4, "balance", {"n": 1}), (4, "foo", {})])
+    assert redis_client.get(f"{prefix}:seq:4:balance") is None
 
 
 @pytest.mark.parametrize(
@@ -110,15 +134,18 @@ def test_threads_sharing_a_publisher_keep_seq_order_on_the_channel(
         thread.start()
     for thread in threads:
         thread.join(30)
-    seqs = [message["data"][0]["seq"] for message in drain(pubsub, 400)]
+    seqs = [message.seq for message in drain(pubsub, 400)]
     assert seqs == list(range(1, 401))
     pubsub.close()
 
 
 def test_publish_raises_when_redis_cannot_take_it(prefix: str) -> None:
     config = Config.from_env({"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, server=False)
-    with Publisher(config=config) as publisher, pytest.raises(PublishError, match="not published"):
-        publisher.publish(4, "balance", {"usd": "1"})
+    with Publisher(config=config) as publisher:
+        with pytest.raises(PublishError, match="not published"):
+            publisher.publish(4, "balance", {"usd": "1"})
+        with pytest.raises(PublishError, match="not fully published"):
+            publisher.publish_many([(4, "balance", {"usd": "1"}), (5, "pnl", {})])
 
 
 def test_publisher_needs_a_redis_url() -> None:

@@ -190,19 +190,16 @@ def test_encode_data_keeps_unicode_unescaped() -> None:
 
 
 def _envelope(data: object, ts: float = 1764000000.123) -> protocol.Envelope:
-    return protocol.update_envelope(
-        topic="balance", user="4", ts=ts, data_json=protocol.encode_data(data), host_id="host-1"
-    )
+    return protocol.update_envelope(topic="balance", user="4", ts=ts, data_json=protocol.encode_data(data))
 
 
-def test_update_envelope_joined_with_seq_is_a_flask_socketio_emit() -> None:
+def test_update_message_reads_back_as_the_update_it_carries() -> None:
     envelope = _envelope({"usd": "1020.50"})
-    message = json.loads(envelope.with_seq(7))
-    assert message["method"] == "emit"
-    assert message["event"] == "balance"
-    assert message["room"] == "balance_4"
-    assert message["namespace"] == "/"
-    assert message["data"][0] == {
+    routed = protocol.parse_routed(envelope.with_seq(7).encode())
+    assert (routed.topic, routed.user, routed.ts, routed.seq, routed.room) == (
+        "balance", "4", 1764000000.123, 7, "balance_4"
+    )
+    assert json.loads(routed.payload) == {
         "topic": "balance",
         "user_id": "4",
         "seq": 7,
@@ -211,17 +208,42 @@ def test_update_envelope_joined_with_seq_is_a_flask_socketio_emit() -> None:
     }
 
 
-def test_update_envelope_wraps_the_payload_kept_as_history() -> None:
-    envelope = _envelope({"usd": "1"})
-    assert envelope.with_seq(7) == envelope.message_head + envelope.payload(7) + envelope.message_tail
-    assert json.loads(envelope.payload(7)) == json.loads(envelope.with_seq(7))["data"][0]
+def test_update_message_carries_the_payload_kept_as_history_byte_for_byte() -> None:
+    envelope = _envelope({"usd": "1", "note": "two\nlines"})
+    assert protocol.parse_routed(envelope.with_seq(12)).payload == envelope.payload(12)
+
+
+def test_routed_update_is_the_socketio_event_packet_clients_decode() -> None:
+    routed = protocol.parse_routed(_envelope({"usd": "1"}).with_seq(3))
+    packet = routed.socketio_packet()
+    assert packet.startswith("2")
+    assert json.loads(packet[1:]) == ["balance", json.loads(routed.payload)]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"",
+        b'{"method":"emit"}',
+        b"u1 balance 4 1764000000.1 7",  # no payload
+        b"u1 balance 4 1764000000.1\n{}",  # no seq
+        b"u1 balance 4 1764000000.1 seven\n{}",
+        b"u1 balance 4 never 7\n{}",
+        b"u1 Balance 4 1764000000.1 7\n{}",
+        b"u1 balance <4> 1764000000.1 7\n{}",
+        b"u2 balance 4 1764000000.1 7\n{}",
+    ],
+)
+def test_parse_routed_refuses_what_is_not_an_update_message(message: bytes) -> None:
+    with pytest.raises(ValueError):
+        protocol.parse_routed(message)
 
 
 def test_update_envelope_is_not_confused_by_seq_text_in_user_data() -> None:
-    data = {"note": '"seq":99', "nested": {"seq": 5}}
-    message = json.loads(_envelope(data).with_seq(7))
-    assert message["data"][0]["seq"] == 7
-    assert message["data"][0]["data"] == data
+    data = {"note": '"seq":99\n', "nested": {"seq": 5}}
+    payload = json.loads(protocol.parse_routed(_envelope(data).with_seq(7)).payload)
+    assert payload["seq"] == 7
+    assert payload["data"] == data
 
 
 def test_update_envelope_refuses_non_finite_ts() -> None:
