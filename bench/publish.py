@@ -1,12 +1,15 @@
 """Paced publishers: processes that publish updates at a set rate.
 
-Two ways to publish, one per system under test:
+Two ways to publish, one per system under test, both in batches of what is
+due (one Redis round trip a batch, :data:`BATCH` updates at most), so that a
+publisher spends little CPU per update and the servers, not the publishers,
+are what the rate search finds the limit of:
 
-- ``gateway``: :class:`gateway.publisher.Publisher`, as backend jobs do; the
-  gateway assigns each seq in Redis.
-- ``baseline``: ``flask_socketio.SocketIO(message_queue=url).emit(topic,
-  payload, to=room)``, as a plain Flask-SocketIO deployment does; the
-  publisher numbers the updates itself.
+- ``gateway``: :meth:`gateway.publisher.Publisher.publish_many`, as backend
+  jobs do; the gateway assigns each seq in Redis.
+- ``baseline``: the message ``flask_socketio.SocketIO(message_queue=url).emit(
+  topic, payload, to=room)`` publishes, the same JSON on the same channel,
+  pipelined; the publisher numbers the updates itself.
 
 Both carry the same update ``{"topic", "user_id", "seq", "ts", "data"}``
 (about 200 bytes of data), stamped with ``ts`` at the moment of publishing.
@@ -21,6 +24,7 @@ under test leaves rather than its share.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -35,6 +39,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from bench.child import Child, call_all, configure_child, serve, start_all
+from gateway.errors import PublishError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,10 @@ log = logging.getLogger(__name__)
 TOPIC = "balance"
 #: Bytes of JSON in each update's ``data``.
 DATA_BYTES = 200
-#: Most updates sent back to back before the clock is looked at again.
-BATCH = 256
+#: Most updates published in one Redis round trip.
+BATCH = 64
+#: Seconds at least between two batches of one thread: what fell due meanwhile goes in one batch.
+TICK = 0.002
 #: Seconds between handing out a step and its first update: every process starts together.
 START_DELAY = 0.5
 #: Publishers run at the lowest priority by default: on a small machine,
@@ -62,8 +69,8 @@ def sample_data(size: int = DATA_BYTES) -> dict[str, str]:
 
 
 class Sender(Protocol):
-    def send(self, user: str, seq: int) -> int:
-        """Publish one update to ``user``; ``seq`` is the publisher's count, the answer the seq sent."""
+    def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
+        """Publish one update to each ``(user, seq)``, ``seq`` the publisher's count; the seqs sent."""
 
 
 class GatewaySender:
@@ -76,23 +83,32 @@ class GatewaySender:
         self.publisher = Publisher(redis_url, config=Config.from_env(env, server=False))
         self.data = sample_data()
 
-    def send(self, user: str, seq: int) -> int:
-        return int(self.publisher.publish(user, TOPIC, self.data))
+    def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
+        return self.publisher.publish_many([(user, TOPIC, self.data) for user, _ in batch])
 
 
 class BaselineSender:
-    """Publishes as a plain Flask-SocketIO deployment does: an emit through the message queue."""
+    """Publishes what a plain Flask-SocketIO deployment's emit through the message queue publishes."""
 
     def __init__(self, redis_url: str, env: Mapping[str, str]) -> None:
-        from flask_socketio import SocketIO
+        import redis
+        from socketio import RedisManager
 
-        self.socketio = SocketIO(message_queue=redis_url)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.channel = "flask-socketio"  # Flask-SocketIO's default message queue channel
+        self.host_id = RedisManager(redis_url, write_only=True).host_id
         self.data = sample_data()
 
-    def send(self, user: str, seq: int) -> int:
-        update = {"topic": TOPIC, "user_id": user, "seq": seq, "ts": time.time(), "data": self.data}
-        self.socketio.emit(TOPIC, update, to=f"{TOPIC}_{user}")
-        return seq
+    def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for user, seq in batch:
+            update = {"topic": TOPIC, "user_id": user, "seq": seq, "ts": time.time(), "data": self.data}
+            pipe.publish(self.channel, json.dumps({
+                "method": "emit", "event": TOPIC, "data": [update], "binary": False, "namespace": "/",
+                "room": f"{TOPIC}_{user}", "skip_sid": None, "callback": None, "host_id": self.host_id,
+            }))
+        pipe.execute()
+        return [seq for _, seq in batch]
 
 
 SENDERS: dict[str, type[GatewaySender] | type[BaselineSender]] = {"gateway": GatewaySender, "baseline": BaselineSender}
@@ -136,19 +152,20 @@ def _pace_one(
     deadline = start_at + seconds
     while sent < total and time.time() < deadline:
         due = min(total, sent + BATCH, int((time.time() - start_at) * rate) + 1)
-        while sent < due:
-            user = users[sent % len(users)]
-            try:
-                seq = sender.send(user, seqs[user] + 1)
-            except (RedisError, ValueError) as exc:
-                errors += 1
-                log.debug("publish failed: %s", exc)
-            else:
+        # A user appears once a batch, so that its seqs are known before the next one.
+        batch_users = list(dict.fromkeys(users[n % len(users)] for n in range(sent, due)))
+        try:
+            answers = sender.send([(user, seqs[user] + 1) for user in batch_users])
+        except (RedisError, PublishError, ValueError) as exc:
+            errors += len(batch_users)
+            log.debug("publish failed: %s", exc)
+        else:
+            for user, seq in zip(batch_users, answers, strict=True):
                 seqs[user] = seq
                 span = ranges.setdefault(user, [seq, seq, 0])
                 span[1], span[2] = seq, span[2] + 1
-            sent += 1
-        time.sleep(max(0.0, start_at + sent / rate - time.time()))  # pacing: the next update's time
+        sent += len(batch_users)
+        time.sleep(max(TICK, start_at + sent / rate - time.time()))  # pacing: the next batch's time
     return {"sent": sent, "errors": errors, "seconds": time.time() - start_at, "ranges": ranges}
 
 

@@ -56,8 +56,8 @@ class Plan:
     confirm: bool = True
     recovery_seconds: float = 2.0
     publishers: int = 8
-    publisher_rate: int = 2_000
-    publisher_threads: int = 4
+    publisher_rate: int = 8_000
+    publisher_threads: int = 1
     publisher_nice: int = NICENESS
     loadgen_processes: int = 1
     connect_seconds: float = 180.0

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway import protocol
 from gateway.config import Config
@@ -68,15 +68,43 @@ class Publisher:
         published (each with its seq, in history), the others were not.
         """
         batch = [self._arguments(user_id, topic, data) for user_id, topic, data in updates]
-        if not batch:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for args in batch:
-            self._publish(args=args, client=pipe)
+        seqs: list[int | None] = [None] * len(batch)
         try:
-            return [int(seq) for seq in pipe.execute()]
+            todo = list(range(len(batch)))
+            for attempt in range(2):
+                todo = self._run_batch(batch, todo, seqs, load=attempt > 0)
+                if not todo:
+                    break
         except RedisError as exc:
             raise PublishError(f"a batch of {len(batch)} updates was not fully published: {exc}") from exc
+        if todo:
+            raise PublishError(f"a batch of {len(batch)} updates was not fully published: Redis lost the script")
+        return [seq for seq in seqs if seq is not None]
+
+    def _run_batch(
+        self, batch: list[list[str | int]], todo: list[int], seqs: list[int | None], *, load: bool
+    ) -> list[int]:
+        """Run the publish script for the ``todo`` entries of ``batch`` in one round trip.
+
+        Plain EVALSHA: the script is loaded once per connection lifetime,
+        not checked before every batch. Entries Redis refused with NOSCRIPT
+        (it restarted, or its script cache was flushed) never ran, and are
+        returned to be run again after a ``load``.
+        """
+        if load:
+            self._publish.sha = self.redis.script_load(self._publish.script)
+        pipe = self.redis.pipeline(transaction=False)
+        for index in todo:
+            pipe.evalsha(self._publish.sha, 0, *batch[index])
+        again = []
+        for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(answer, NoScriptError):
+                again.append(index)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                seqs[index] = int(answer)
+        return again
 
     def is_subscribed(self, user_id: str | int, topic: str) -> bool:
         return self.registry.is_subscribed(self._check(user_id, topic), topic)

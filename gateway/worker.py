@@ -27,6 +27,7 @@ from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.subscriptions import Registry
+from gateway.transport import Pinger
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class GatewayWorker:
         if not server.manager_initialized:
             server.manager_initialized = True
             self.fanout.initialize()
+        pinger = Pinger(server.eio)
+        pinger.install()
+        self.socketio.start_background_task(pinger.run, self.stopping)
         self.socketio.start_background_task(self.heartbeat.run, self.stopping)
         self.socketio.start_background_task(self._watch, alive)
         # Serve only once updates can flow; a Redis that is away delays no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+import websocket
 
 from gateway.cleanup import sweep_expired
 from gateway.publisher import Publisher
@@ -188,6 +190,39 @@ def paced_flood(gateway: GatewayProcess, user: str, count: int) -> None:
             publisher.publish(user, "balance", {"pad": "x" * 4000})
             if n % 100 == 0:
                 pause.wait(0.02)  # pacing, not synchronisation
+
+
+def test_every_connection_is_pinged_each_interval_and_stays_up(start_gateway: StartGateway) -> None:
+    """One greenlet pings every connection (gateway.transport.Pinger): each
+    client that answers gets a ping every interval and is never dropped."""
+    gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="2")
+    url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    sockets = []
+    for n in range(5):
+        ws = websocket.create_connection(url, timeout=5)
+        assert ws.recv().startswith("0{")
+        ws.send("40" + json.dumps({"token": gateway.token(f"pinged-{n}")}))
+        assert ws.recv().startswith("40{")
+        sockets.append(ws)
+    pings = dict.fromkeys(range(len(sockets)), 0)
+
+    def answered_three_pings_each() -> bool:
+        for n, ws in enumerate(sockets):
+            ws.settimeout(0.05)
+            try:
+                message = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            assert message == "2", f"client {n} got {message!r}, not a ping"
+            ws.send("3")
+            pings[n] += 1
+        return min(pings.values()) >= 3
+
+    wait_for(answered_three_pings_each, 15, "three pings answered by every client", interval=0)
+    assert gateway.http("/metrics").text.count("gateway_connections 5.0") == 1
+    for ws in sockets:
+        ws.close()
+    assert unclean_lines(gateway.log()) == []
 
 
 def test_half_open_client_is_dropped_within_the_ping_timeout(start_gateway: StartGateway) -> None:

@@ -88,6 +88,18 @@ def test_publish_many_sends_a_batch_in_order_with_one_seq_each(
     pubsub.close()
 
 
+def test_publish_many_after_redis_lost_its_scripts_publishes_each_update_once(
+    publisher: Publisher, redis_client: redis.Redis, prefix: str
+) -> None:
+    pubsub = listen(redis_client, f"{prefix}:u:4")
+    assert publisher.publish_many([(4, "balance", {"n": 1})]) == [1]
+    redis_client.script_flush()
+    assert publisher.publish_many([(4, "balance", {"n": n}) for n in (2, 3, 4)]) == [2, 3, 4]
+    assert [m.seq for m in drain(pubsub, 4)] == [1, 2, 3, 4]
+    assert pubsub.get_message(timeout=0.2) is None
+    pubsub.close()
+
+
 def test_publish_many_sends_nothing_when_one_update_is_bad(
     publisher: Publisher, redis_client: redis.Redis, prefix: str
 ) -> None:
