@@ -56,7 +56,8 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--quick", is_flag=True, help="Small numbers (1,000 clients, 200 users, short windows): a minute or two.")
-@click.option("--systems", default=None, help="Comma list of NAME:WORKERS [default: gateway:1,gateway:2,baseline:1].")
+@click.option("--systems", default=None,
+              help="Comma list of NAME:WORKERS [default: gateway:1,gateway:2,baseline:1,baseline:2].")
 @_knob("--clients", click.IntRange(1, 19_000), "Connections scenario: clients.")
 @_knob("--users", click.IntRange(1, 19_000), "Latency and rate scenarios: users.")
 @_knob("--latency-rate", click.IntRange(1), "Latency scenario: updates/s.")

@@ -27,7 +27,11 @@ TOPICS = frozenset({"balance", "positions", "pnl", "orders"})
 def create_app() -> Flask:
     """The Flask app with its Socket.IO server; gunicorn calls it in each worker."""
     app = Flask("baseline")
-    socketio = SocketIO(app, async_mode="gevent", message_queue=os.environ["GATEWAY_REDIS_URL"])
+    several = int(os.environ.get("GATEWAY_WORKERS", "1")) > 1
+    socketio = SocketIO(
+        app, async_mode="gevent", message_queue=os.environ["GATEWAY_REDIS_URL"],
+        transports=["websocket"] if several else ["polling", "websocket"],
+    )
     secret = os.environ["GATEWAY_JWT_SECRET"]
     users: dict[str, str] = {}
 

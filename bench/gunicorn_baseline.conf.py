@@ -9,9 +9,9 @@ import os
 # Where clients connect: the same variable as the gateway's.
 bind = [os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")]
 
-# One worker: a plain Flask-SocketIO app with polling enabled needs sticky
-# sessions to run more than one.
-workers = 1
+# GATEWAY_WORKERS, as for the gateway; with more than one the app serves
+# WebSocket only (polling would need sticky sessions).
+workers = int(os.environ.get("GATEWAY_WORKERS", "1"))
 
 # The same gevent-websocket worker as the gateway.
 worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"

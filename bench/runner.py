@@ -46,12 +46,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Plan:
     """Every number of a run; ``quick()`` scales it down."""
 
-    systems: tuple[SystemSpec, ...] = (SystemSpec("gateway", 1), SystemSpec("gateway", 2), SystemSpec("baseline", 1))
+    systems: tuple[SystemSpec, ...] = (
+        SystemSpec("gateway", 1), SystemSpec("gateway", 2), SystemSpec("baseline", 1), SystemSpec("baseline", 2),
+    )
     clients: int = 10_000
     users: int = 1_000
     latency_rate: int = 1_000
     latency_seconds: float = 10.0
-    rates: tuple[int, ...] = (2_000, 3_000, 4_500, 6_750, 10_000, 15_000, 22_500, 34_000)
+    rates: tuple[int, ...] = (
+        2_000, 4_000, 7_000, 10_000, 12_500, 15_000, 17_500, 20_000, 22_500, 25_000, 30_000, 34_000,
+    )
     step_seconds: float = 4.0
     confirm: bool = True
     recovery_seconds: float = 2.0
