@@ -4,6 +4,12 @@ Starts a private ``redis-server`` (when ``GATEWAY_REDIS_URL`` is unset) on a
 Unix socket in a temporary folder, gunicorn with ``gunicorn.conf.py`` and two
 workers, and the demo publisher; logs a token and how to connect; stops all
 three on Ctrl-C or SIGTERM.
+
+Ctrl-C in a terminal signals every process of the foreground group at once:
+Redis would quit under the running workers, and gunicorn's workers would
+quit abruptly. Redis and gunicorn therefore run in sessions of their own;
+only this process hears Ctrl-C, and it stops gunicorn gracefully first and
+Redis last.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
          "--save", "", "--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"unix://{sock}"
     client = redis.Redis.from_url(url)
@@ -105,7 +111,7 @@ def main() -> int:
                 log.info("embedded redis-server at %s", env["GATEWAY_REDIS_URL"])
             config = Config.from_env(env)
             command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"]
-            gunicorn = subprocess.Popen(command, env=env)
+            gunicorn = subprocess.Popen(command, env=env, start_new_session=True)
             base = f"http://{config.bind}"
             wait_for(lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None, START_SECONDS, "gateway")
             if gunicorn.poll() is not None:
