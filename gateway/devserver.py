@@ -102,7 +102,8 @@ def main() -> int:
         env["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(32)
     logs.configure(env.get("GATEWAY_LOG_LEVEL", "INFO").upper(), env.get("GATEWAY_LOG_FORMAT", "text").lower())
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started with it ignored
+        signal.signal(signum, lambda *_: stopping.set())
     redis_process = gunicorn = None
     with tempfile.TemporaryDirectory(prefix="gateway-run-") as folder:
         try:
@@ -113,9 +114,14 @@ def main() -> int:
             command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"]
             gunicorn = subprocess.Popen(command, env=env, start_new_session=True)
             base = f"http://{config.bind}"
-            wait_for(lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None, START_SECONDS, "gateway")
+            wait_for(
+                lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None or stopping.is_set(),
+                START_SECONDS, "gateway",
+            )
             if gunicorn.poll() is not None:
                 return gunicorn.returncode or 1
+            if stopping.is_set():
+                return 0
             publisher = threading.Thread(
                 target=demo.run, args=(config,), kwargs={"users": 3, "interval": 1.0, "rounds": 0, "stop": stopping},
                 daemon=True,
@@ -130,7 +136,6 @@ def main() -> int:
             )
             while not stopping.is_set() and gunicorn.poll() is None:
                 stopping.wait(0.5)
-        except KeyboardInterrupt:
             log.info("stopping")
         except (ConfigError, TimeoutError) as exc:
             log.error("%s", exc)
