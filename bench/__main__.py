@@ -72,7 +72,7 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
 @_knob("--publisher-nice", click.IntRange(0, 19), "Niceness of the publishers: 0 lets them compete for CPU.")
 @_knob("--loadgen-processes", click.IntRange(1, 16), "Load-generator processes.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS / "latest.json",
-              help="Where the JSON results go.")
+              help="Where the JSON results go; each server's log goes to the same folder.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO")
 def main(quick: bool, systems: str | None, rates: str | None, output: Path, log_level: str, **numbers: object) -> None:
     """Benchmark the gateway against a plain Flask-SocketIO baseline, side by side."""
@@ -88,7 +88,7 @@ def main(quick: bool, systems: str | None, rates: str | None, output: Path, log_
     signal.signal(signal.SIGTERM, _interrupted)
     started = time.monotonic()
     try:
-        results = run(plan)
+        results = run(plan, logs=output.parent)
     except (BenchError, AssertionError) as exc:
         log.error("benchmark failed: %s", exc)
         sys.exit(1)

@@ -153,28 +153,37 @@ class SystemResult:
     seconds: float = 0.0
 
 
-def run(plan: Plan) -> list[SystemResult]:
-    """Every system of ``plan``, one after the other, against one private Redis."""
-    RESULTS.mkdir(exist_ok=True)
-    secret = secrets.token_hex(32)
+@dataclass(frozen=True)
+class Site:
+    """Where a run's servers live: a temporary ``folder``, their JWT ``secret``, the folder ``logs`` stay in."""
+
+    folder: Path
+    secret: str
+    logs: Path
+
+
+def run(plan: Plan, logs: Path = RESULTS) -> list[SystemResult]:
+    """Every system of ``plan``, one after the other, against one private Redis; server logs go to ``logs``."""
+    logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        redis = RedisServer(Path(tmp))
+        site = Site(Path(tmp), secrets.token_hex(32), logs)
+        redis = RedisServer(site.folder)
         try:
             redis.start()
-            return [bench_system(spec, redis, plan, Path(tmp), secret) for spec in plan.systems]
+            return [bench_system(spec, redis, plan, site) for spec in plan.systems]
         finally:
             redis.stop()
 
 
-def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, folder: Path, secret: str) -> SystemResult:
+def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, site: Site) -> SystemResult:
     started = time.monotonic()
     log.info("%s: connections, %d clients", spec.label, plan.clients)
     stops: dict[str, float] = {}
-    connections = measure_connections(spec, redis, plan, folder, secret, stops)
+    connections = measure_connections(spec, redis, plan, site, stops)
     users = [f"u{i}" for i in range(plan.users)]
-    with serving(spec, redis, folder, secret, "delivery", stops) as server, ExitStack() as stack:
+    with serving(spec, redis, site, "delivery", stops) as server, ExitStack() as stack:
         loadgen = stack.enter_context(
-            LoadGen(server.url, secret, TOPIC, users, plan.loadgen_processes, plan.log_level)
+            LoadGen(server.url, site.secret, TOPIC, users, plan.loadgen_processes, plan.log_level)
         )
         pool = stack.enter_context(
             PublisherPool(
@@ -197,15 +206,15 @@ def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, folder: Path,
 
 @contextmanager
 def serving(
-    spec: SystemSpec, redis: RedisServer, folder: Path, secret: str, name: str, stops: dict[str, float]
+    spec: SystemSpec, redis: RedisServer, site: Site, name: str, stops: dict[str, float]
 ) -> Iterator[GatewayProcess]:
-    """A started server of ``spec``, stopped on the way out; its log kept in ``bench/results``.
+    """A started server of ``spec``, stopped on the way out; its log kept in ``site.logs``.
 
     ``stops[name]`` gets the seconds from SIGTERM to the server's exit.
     """
-    log_path = RESULTS / f"{spec.name}-{spec.workers}-{name}.log"
+    log_path = site.logs / f"{spec.name}-{spec.workers}-{name}.log"
     log_path.unlink(missing_ok=True)
-    server = new_server(spec, redis.url, folder, secret, log_path)
+    server = new_server(spec, redis.url, site.folder, site.secret, log_path)
     try:
         server.start()
         log.info("%s: serving on %s, workers %s", spec.label, server.url, server.worker_pids())
@@ -218,7 +227,7 @@ def serving(
 
 
 def measure_connections(
-    spec: SystemSpec, redis: RedisServer, plan: Plan, folder: Path, secret: str, stops: dict[str, float]
+    spec: SystemSpec, redis: RedisServer, plan: Plan, site: Site, stops: dict[str, float]
 ) -> Connections:
     """Connect ``plan.clients`` clients, each subscribed to one topic; then drop them all at once.
 
@@ -227,8 +236,8 @@ def measure_connections(
     server has handled every disconnect and closed its end of each socket.
     """
     users = [f"c{i}" for i in range(plan.clients)]
-    with serving(spec, redis, folder, secret, "connections", stops) as server:
-        with LoadGen(server.url, secret, TOPIC, users, plan.loadgen_processes, plan.log_level) as loadgen:
+    with serving(spec, redis, site, "connections", stops) as server:
+        with LoadGen(server.url, site.secret, TOPIC, users, plan.loadgen_processes, plan.log_level) as loadgen:
             before = rss_kb(server.worker_pids())
             status = loadgen.connect(plan.connect_seconds)
             after = rss_kb(server.worker_pids())
