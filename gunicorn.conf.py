@@ -6,6 +6,7 @@ stops the master before any worker starts, with one line naming the variable.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,7 +125,22 @@ def post_worker_init(worker):
     from gateway.transport import Handler
 
     worker.wsgi_handler = Handler
-    worker.wsgi.extensions["gateway"].start(alive=lambda: worker.alive)
+    gateway = worker.wsgi.extensions["gateway"]
+    gateway.start(alive=lambda: worker.alive)
+    # gunicorn's handlers of the stop signals only clear worker.alive; have the
+    # gateway look at it at once, so that every worker of this gunicorn stops
+    # accepting as soon as the first one sends its clients away.
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+        signal.signal(signum, _and_look_now(signal.getsignal(signum), gateway))
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn sets it; signal.signal() resets it
+
+
+def _and_look_now(handler, gateway):
+    def handle(signum, frame):
+        handler(signum, frame)
+        gateway.look_now()
+
+    return handle
 
 
 def worker_exit(server, worker):

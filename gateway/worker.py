@@ -88,6 +88,8 @@ class GatewayWorker:
     heartbeat: Heartbeat
     stopping: threading.Event
     stopped: bool = field(default=False, init=False)
+    #: set by :meth:`look_now` to have ``alive`` looked at before the next tick
+    _look: threading.Event = field(default_factory=threading.Event, init=False)
 
     @property
     def worker_id(self) -> str:
@@ -111,8 +113,19 @@ class GatewayWorker:
             log.warning("worker serving before its fan-out listener reached Redis", extra={"worker": self.worker_id})
         log.info("worker started", extra={"worker": self.worker_id})
 
+    def look_now(self) -> None:
+        """Look at ``alive`` at once rather than at the next tick; safe in a signal handler.
+
+        A worker that goes on accepting after a sibling of the same gunicorn
+        sent its clients away would take some of them in, only to send them
+        away again a moment later.
+        """
+        self._look.set()
+
     def _watch(self, alive: Callable[[], bool]) -> None:
-        while not self.stopping.wait(WATCH_SECONDS):
+        while not self.stopping.is_set():
+            self._look.wait(WATCH_SECONDS)
+            self._look.clear()
             if not alive():
                 self.stop()
 
