@@ -315,10 +315,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         members = self.rooms.get("/", {}).get(room)
         if not members:
             return
-        if update.seq <= self.last_seq.get(room, 0):
-            tally.skipped[topic] += 1
+        if not self._advance(room, topic, update.seq):
             return
-        self.last_seq[room] = update.seq
         packet = eio_packet.Packet(eio_packet.MESSAGE, update.socketio_packet())
         skip = self._skipped(room, update.seq, Held(update.seq, topic, packet=packet))
         sent = 0
@@ -328,6 +326,14 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 sent += 1
         tally.delivered[topic] += sent
         tally.latencies.append(max(0.0, time.time() - update.ts))
+
+    def _advance(self, room: str, topic: str, seq: int) -> bool:
+        """Whether ``seq`` is new to ``room`` (then it becomes the room's last); a repeat is counted as skipped."""
+        if seq <= self.last_seq.get(room, 0):
+            self.tally.skipped[topic] += 1
+            return False
+        self.last_seq[room] = seq
+        return True
 
     def _skipped(self, room: str, seq: int | None, item: Held) -> set[str]:
         """Clients of ``room`` not to send ``item`` now: those catching up (it is held for them) and those ahead."""
@@ -351,11 +357,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             return
         update = _update(message.get("data"))
         seq = update["seq"] if update is not None else None
-        if seq is not None and isinstance(room, str):
-            if seq <= self.last_seq.get(room, 0):
-                self.tally.skipped[event] += 1
-                return
-            self.last_seq[room] = seq
+        if seq is not None and isinstance(room, str) and not self._advance(room, event, seq):
+            return
         skip: set[str] = set()
         if isinstance(room, str):
             skip = self._skipped(room, seq, Held(seq, event, data=message.get("data")))
