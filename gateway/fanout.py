@@ -40,6 +40,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,8 @@ CONFIRM_SECONDS = 5.0
 #: Seconds the fan-out's counts may wait in memory before they are written to /metrics.
 FLUSH_SECONDS = 0.25
 _UPDATE_MARK = protocol.UPDATE_MARK.encode()
+#: No client to skip.
+_NOBODY: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +321,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         if not self._advance(room, topic, update.seq):
             return
         packet = eio_packet.Packet(eio_packet.MESSAGE, update.socketio_packet())
-        skip = self._skipped(room, update.seq, Held(update.seq, topic, packet=packet))
+        skip = self._skipped(room, update.seq, topic, packet=packet)
         sent = 0
         for sid, eio_sid in list(members.items()):
             if sid not in skip:
@@ -335,11 +338,19 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.last_seq[room] = seq
         return True
 
-    def _skipped(self, room: str, seq: int | None, item: Held) -> set[str]:
-        """Clients of ``room`` not to send ``item`` now: those catching up (it is held for them) and those ahead."""
+    def _skipped(
+        self, room: str, seq: int | None, event: str, *, data: Any = None, packet: eio_packet.Packet | None = None
+    ) -> AbstractSet[str]:
+        """Clients of ``room`` not to send this update now: those catching up (it is held for them) and those ahead.
+
+        Nothing is built for a room where no client catches up, the common case.
+        """
         held = self._held.get(room)
+        if not held and room not in self._ahead:
+            return _NOBODY
         skip = set(held or ())
         if held:
+            item = Held(seq, event, data, packet)
             for queue in held.values():
                 queue.append(item)
         if seq is not None and room in self._ahead:
@@ -359,9 +370,9 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         seq = update["seq"] if update is not None else None
         if seq is not None and isinstance(room, str) and not self._advance(room, event, seq):
             return
-        skip: set[str] = set()
+        skip: AbstractSet[str] = _NOBODY
         if isinstance(room, str):
-            skip = self._skipped(room, seq, Held(seq, event, data=message.get("data")))
+            skip = self._skipped(room, seq, event, data=message.get("data"))
         if skip:
             message = {**message, "skip_sid": list(skip)}
         super()._handle_emit(message)
