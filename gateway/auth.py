@@ -18,6 +18,8 @@ from gateway.errors import AuthError, ConfigError
 
 #: Claims every token must carry.
 REQUIRED_CLAIMS = ("sub", "exp")
+#: Longest token accepted; a JWT the gateway verifies is a few hundred bytes.
+MAX_TOKEN_CHARS = 8192
 
 
 def _verification_key(config: Config) -> tuple[object, list[str]]:
@@ -37,16 +39,26 @@ def _verification_key(config: Config) -> tuple[object, list[str]]:
 
 
 class TokenVerifier:
-    """Turns a token into a user id, or raises :class:`AuthError`."""
+    """Turns a token into a user id, or raises :class:`AuthError`, and nothing else.
+
+    Whatever a client sends as its token (any length, any characters) ends in
+    one of the contract's reasons: ``missing_token``, ``expired_token`` or
+    ``invalid_token``. ``exp``, ``nbf`` and ``iat`` allow ``GATEWAY_JWT_LEEWAY``
+    seconds of clock skew.
+    """
 
     def __init__(self, config: Config) -> None:
         self._key, self._algorithms = _verification_key(config)
         self._audience = config.jwt_audience
         self._issuer = config.jwt_issuer
+        self._leeway = config.jwt_leeway
 
     def verify(self, token: str | None) -> str:
         if not token:
             raise AuthError("missing_token")
+        if not token.isascii() or len(token) > MAX_TOKEN_CHARS:
+            # A JWT is ASCII (base64url and dots); PyJWT would raise UnicodeEncodeError on a lone surrogate.
+            raise AuthError("invalid_token", "not a JWT")
         try:
             claims = jwt.decode(
                 token,
@@ -54,11 +66,13 @@ class TokenVerifier:
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
+                leeway=self._leeway,
                 options={"require": list(REQUIRED_CLAIMS), "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("expired_token") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+            # ValueError and TypeError: what PyJWT lets through of a header or payload it cannot read.
             raise AuthError("invalid_token", str(exc)) from None
         try:
             return protocol.user_id(claims["sub"])

@@ -8,19 +8,22 @@ every entry point turns into one line and a non-zero exit.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from gateway.errors import ConfigError
-from gateway.protocol import parse_topics
+from gateway.protocol import QUEUE_METHODS, parse_topics
 
 N = TypeVar("N", int, float)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRANSPORTS = frozenset({"websocket", "polling"})
+#: Key prefixes: they go into SCAN patterns, so no glob characters.
+KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Shortest HS256 secret accepted: the length of the SHA-256 output (RFC 7518 3.2).
 MIN_SECRET_BYTES = 32
 
@@ -88,6 +91,23 @@ def _transports(value: str) -> tuple[str, ...]:
     return names
 
 
+def _names(allowed: frozenset[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(value: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        unknown = sorted(set(names) - allowed)
+        if unknown or not names:
+            raise ValueError(f"must be a comma list of {', '.join(sorted(allowed))}; got {value!r}")
+        return names
+
+    return parse
+
+
+def _prefix(value: str) -> str:
+    if KEY_PREFIX_RE.fullmatch(value.strip()) is None:
+        raise ValueError(f"must be letters, digits, '.', '_' or '-' (at most 64), got {value!r}")
+    return value.strip()
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value.upper() in allowed:
@@ -111,13 +131,14 @@ def _pem_file(path: str) -> str:
 
 
 def _mask_password(url: str) -> str:
-    """Hide a password given as ``user:password@`` or as ``?password=``."""
+    """Hide a password given as ``user:password@`` or as a query argument (``password=``, ``sentinel_password=``)."""
     parsed = urlparse(url)
     netloc = parsed.netloc
     if parsed.password:
         netloc = netloc.replace(f":{parsed.password}@", ":***@", 1)
     query = "&".join(
-        "password=***" if part.startswith("password=") else part for part in parsed.query.split("&") if part
+        f"{part.partition('=')[0]}=***" if "password" in part.partition("=")[0] else part
+        for part in parsed.query.split("&") if part
     )
     return parsed._replace(netloc=netloc, query=query).geturl()
 
@@ -169,13 +190,29 @@ class Config:
     heartbeat_seconds: float = setting(
         "GATEWAY_HEARTBEAT_SECONDS", _seconds(0.1, 3600), "worker liveness refresh", default=5.0
     )
-    key_prefix: str = setting("GATEWAY_KEY_PREFIX", _text, "prefix of every Redis key the gateway owns", default="gw")
+    key_prefix: str = setting("GATEWAY_KEY_PREFIX", _prefix, "prefix of every Redis key the gateway owns", default="gw")
     history_size: int = setting(
         "GATEWAY_HISTORY_SIZE", _whole(1, 100_000), "updates kept per user and topic", default=100
     )
     history_ttl: float = setting(
         "GATEWAY_HISTORY_TTL", _seconds(1, 90 * 86400), "seconds a user's history outlives their last update",
         default=86400.0,
+    )
+    auth_timeout: float = setting(
+        "GATEWAY_AUTH_TIMEOUT", _seconds(1, 3600),
+        "seconds a new WebSocket may stay open without a valid Socket.IO CONNECT", default=10.0,
+    )
+    max_connections_per_user: int = setting(
+        "GATEWAY_MAX_CONNECTIONS_PER_USER", _whole(0, 100_000),
+        "live connections of one user across the whole deployment; 0: no limit", default=10,
+    )
+    jwt_leeway: float = setting(
+        "GATEWAY_JWT_LEEWAY", _seconds(0, 300), "seconds of clock skew allowed on exp, nbf, iat", default=5.0
+    )
+    queue_methods: tuple[str, ...] = setting(
+        "GATEWAY_QUEUE_METHODS", _names(QUEUE_METHODS),
+        "what Flask-SocketIO queue messages may ask: emit (to a room), broadcast, enter_room, leave_room, "
+        "close_room, disconnect, callback", default=("emit",),
     )
     log_level: str = setting("GATEWAY_LOG_LEVEL", _choice(*LOG_LEVELS), "log level", default="INFO")
     log_format: str = setting("GATEWAY_LOG_FORMAT", _choice("text", "json"), "log format: text or json", default="text")

@@ -28,7 +28,7 @@ class AuthError(GatewayError):
     """A connection's token is missing, invalid or expired.
 
     ``reason`` is the code sent to the client in ``connect_error``:
-    ``missing_token``, ``invalid_token`` or ``expired_token``.
+    ``missing_token``, ``invalid_token``, ``expired_token`` or ``too_many_connections``.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -49,6 +49,18 @@ class BadRequest(GatewayError):
 
     def ack(self) -> dict[str, object]:
         return {"ok": False, "error": self.code, "message": self.message}
+
+
+class ClientMistake(GatewayError):
+    """Something a client sent that the protocol does not allow: the connection is closed.
+
+    ``reason`` labels ``gateway_client_errors_total``: a client's doing, counted
+    and logged at DEBUG, never a traceback.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
 
 
 class PublishError(GatewayError):

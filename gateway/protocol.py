@@ -22,6 +22,10 @@ USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@|:-]{0,127}")
 MAX_TOPICS_PER_REQUEST = 64
 #: The Socket.IO namespace every client uses.
 NAMESPACE = "/"
+#: What a Flask-SocketIO queue message may ask of the workers: ``emit`` to a
+#: room, ``broadcast`` (an emit to no room: every client), and the library's
+#: room and session control (``GATEWAY_QUEUE_METHODS``).
+QUEUE_METHODS = frozenset({"emit", "broadcast", "enter_room", "leave_room", "close_room", "disconnect", "callback"})
 
 
 def is_topic_name(value: object) -> bool:
@@ -45,6 +49,14 @@ def user_id(value: object) -> str:
 def room_name(topic: str, user: str) -> str:
     """The room that carries one user's updates of one topic: ``balance_4``."""
     return f"{topic}_{user}"
+
+
+def is_user_room(room: object) -> bool:
+    """Whether ``room`` names one user's topic, ``<topic>_<user>``."""
+    if not isinstance(room, str):
+        return False
+    topic, _, user = room.partition("_")
+    return is_topic_name(topic) and USER_ID_RE.fullmatch(user) is not None
 
 
 def user_channel(prefix: str, user: str) -> str:

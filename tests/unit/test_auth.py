@@ -222,3 +222,32 @@ def test_mint_token_refuses_without_a_secret(tmp_path: Path, ec_key: ec.Elliptic
 def test_mint_token_refuses_a_bad_user() -> None:
     with pytest.raises(ValueError):
         mint_token(hs256_config(), "a b")
+
+
+# -- hostile tokens and clock skew ---------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["\ud800", "é.é.é", "eyJ\udcff.a.b", "a" * 8193, " " + "a" * 10, "\x00.\x00.\x00"],
+                         ids=["lone-surrogate", "latin", "surrogate-in-jwt", "too-long", "space", "nul"])
+def test_a_token_that_is_not_a_jwt_is_invalid(token: str) -> None:
+    assert reason_for(TokenVerifier(hs256_config()), token) == "invalid_token"
+
+
+@pytest.mark.parametrize("header", ['{"alg":"HS256","typ":"JWT","kid":[1]}', '[]', '"x"', '{"alg":["HS256"]}', "{"])
+def test_a_token_with_a_header_pyjwt_cannot_read_is_invalid(header: str) -> None:
+    body = base64url_encode(json.dumps(claims()).encode())
+    token = f"{base64url_encode(header.encode()).decode()}.{body.decode()}.c2ln"
+    assert reason_for(TokenVerifier(hs256_config()), token) == "invalid_token"
+
+
+def test_clock_skew_within_the_leeway_is_allowed() -> None:
+    verifier = TokenVerifier(hs256_config(GATEWAY_JWT_LEEWAY="5"))
+    now = int(time.time())
+    assert verifier.verify(hs256(claims(iat=now + 2))) == "4"  # issued by a clock 2 s ahead
+    assert verifier.verify(hs256(claims(exp=now - 2))) == "4"
+    assert reason_for(verifier, hs256(claims(exp=now - 30))) == "expired_token"
+
+
+def test_no_leeway_is_strict() -> None:
+    verifier = TokenVerifier(hs256_config(GATEWAY_JWT_LEEWAY="0"))
+    assert reason_for(verifier, hs256(claims(exp=int(time.time()) - 2))) == "expired_token"

@@ -42,6 +42,8 @@ def test_defaults() -> None:
     assert config.history_size == 100
     assert (config.log_level, config.log_format) == ("INFO", "text")
     assert (config.jwt_audience, config.jwt_issuer, config.jwt_public_key) == (None, None, None)
+    assert (config.auth_timeout, config.max_connections_per_user, config.jwt_leeway) == (10.0, 10, 5.0)
+    assert config.queue_methods == ("emit",)
 
 
 def test_empty_variable_counts_as_unset() -> None:
@@ -125,6 +127,16 @@ BAD_VALUES = [
     ("GATEWAY_HEARTBEAT_SECONDS", "-1"),
     ("GATEWAY_HEARTBEAT_SECONDS", "often"),
     ("GATEWAY_KEY_PREFIX", "   "),
+    ("GATEWAY_KEY_PREFIX", "gw:*"),
+    ("GATEWAY_KEY_PREFIX", "g w"),
+    ("GATEWAY_AUTH_TIMEOUT", "0"),
+    ("GATEWAY_AUTH_TIMEOUT", "never"),
+    ("GATEWAY_MAX_CONNECTIONS_PER_USER", "-1"),
+    ("GATEWAY_MAX_CONNECTIONS_PER_USER", "ten"),
+    ("GATEWAY_JWT_LEEWAY", "-1"),
+    ("GATEWAY_JWT_LEEWAY", "301"),
+    ("GATEWAY_QUEUE_METHODS", "emit,join"),
+    ("GATEWAY_QUEUE_METHODS", " , "),
     ("GATEWAY_HISTORY_SIZE", "0"),
     ("GATEWAY_HISTORY_SIZE", "100001"),
     ("GATEWAY_HISTORY_SIZE", "many"),
@@ -252,6 +264,13 @@ def test_describe_masks_the_redis_password(url: str, expected: str) -> None:
 def test_describe_masks_a_redis_password_given_as_query_parameter() -> None:
     shown = load(GATEWAY_REDIS_URL="unix:///run/redis.sock?db=0&password=hunter2").describe()
     assert "hunter2" not in shown["GATEWAY_REDIS_URL"]
+
+
+def test_describe_masks_every_password_argument_of_the_url() -> None:
+    url = "redis+sentinel://10.0.0.1:26379/0/svc?sentinel_password=s3cret&ssl_password=k3y&db=0"
+    shown = load(GATEWAY_REDIS_URL=url).describe()["GATEWAY_REDIS_URL"]
+    assert "s3cret" not in shown and "k3y" not in shown
+    assert "sentinel_password=***" in shown and "db=0" in shown
 
 
 def test_describe_lists_every_variable_as_text() -> None:
