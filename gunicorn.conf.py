@@ -33,7 +33,10 @@ worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 # Open connections one worker accepts. gunicorn's default of 1000 would cap
 # the gateway at 1000 clients per worker; the file-descriptor limit
-# (LimitNOFILE in deploy/systemd, per process) must stay above this.
+# (LimitNOFILE in deploy/systemd, per process) must stay above this. The
+# gateway keeps the last 100 for plain HTTP: a worker holding 19,900
+# WebSockets answers the next upgrade 503, so that the load balancer tries
+# another machine while this one's health probes still get in.
 worker_connections = 20000
 
 # Each worker imports the app itself, after gevent patched the standard
@@ -120,12 +123,11 @@ def post_worker_init(worker):
     """In the worker, once the app is built: lease, listener, and a watch on
     ``worker.alive`` so that SIGTERM, reload and max-requests send clients away
     at once instead of after graceful_timeout. Connections are read through
-    gateway.transport.Handler: gevent-websocket's, with a 1 KiB read buffer
-    instead of 8 KiB per connection."""
-    from gateway.transport import Handler
-
-    worker.wsgi_handler = Handler
+    gateway.transport.Handler: gevent-websocket's handler with the gateway's
+    own WebSocket (frames judged before they are read), a deadline on request
+    heads, a 1 KiB read buffer, and a cap of worker_connections."""
     gateway = worker.wsgi.extensions["gateway"]
+    worker.wsgi_handler = gateway.handler_class(worker.worker_connections)
     gateway.start(alive=lambda: worker.alive)
     # gunicorn's handlers of the stop signals only clear worker.alive; have the
     # gateway look at it at once, so that every worker of this gunicorn stops

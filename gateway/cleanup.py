@@ -1,9 +1,7 @@
-"""Where a connection or a worker ends: client-gone handling, leases, sweeping.
+"""Where a connection's or a worker's records end: retried releases, leases, sweeping.
 
-A client that goes away while the gateway writes to it is normal. The
-exceptions that say so are listed here, once; they are counted in
-``gateway_send_failures_total{reason="client_gone"}``, logged at DEBUG at
-most, and never reach the log as a traceback. Everything else propagates.
+A client that goes away is normal (see :mod:`gateway.mistakes`); its records
+go with it, and :class:`Releases` retries what Redis refused.
 
 A worker's records outlive it only as long as its lease: :class:`Heartbeat`
 renews this worker's lease and removes the records of workers silent for
@@ -20,11 +18,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from geventwebsocket.exceptions import WebSocketError
 from redis.exceptions import RedisError
 
 from gateway import metrics
@@ -32,100 +29,6 @@ from gateway.logs import FaultOnce
 from gateway.subscriptions import Registry
 
 log = logging.getLogger(__name__)
-
-#: The exceptions that mean "the peer is gone", and nothing else.
-CLIENT_GONE: tuple[type[BaseException], ...] = (
-    BrokenPipeError,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    WebSocketError,
-)
-#: What Werkzeug and gevent's WSGI server raise when a response is written
-#: after its client went away before the status line was sent.
-WRITE_BEFORE_START = "write() before start_response"
-
-
-def is_client_gone(exc: BaseException) -> bool:
-    if isinstance(exc, CLIENT_GONE):
-        return True
-    return isinstance(exc, AssertionError) and WRITE_BEFORE_START in str(exc)
-
-
-def client_gone(exc: BaseException, **context: Any) -> None:
-    """Count a write to a departed client: one DEBUG line, no traceback."""
-    metrics.SEND_FAILURES.labels(reason="client_gone").inc()
-    log.debug("client gone: %s", exc.__class__.__name__, extra=context)
-
-
-class ClientMistakes(logging.Filter):
-    """Keeps what clients get wrong out of the error log; counts it instead.
-
-    Engine.IO logs a refused browser origin at ERROR; it is a client's doing,
-    answered with 400, and counted as ``gateway_connect_refused_total{reason="bad_origin"}``.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "is not an accepted origin" in record.getMessage():
-            metrics.CONNECT_REFUSED.labels(reason="bad_origin").inc()
-            return False
-        return True
-
-
-class _GuardedWebSocket:
-    """A gevent-websocket socket whose failed sends are counted, then re-raised.
-
-    Engine.IO's writer stops on the re-raised error and closes the
-    connection, which runs the disconnect handler.
-    """
-
-    __slots__ = ("_ws",)
-
-    def __init__(self, ws: Any) -> None:
-        self._ws = ws
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ws, name)
-
-    def send(self, message: Any, binary: bool | None = None) -> Any:
-        try:
-            return self._ws.send(message, binary)
-        except CLIENT_GONE as exc:
-            client_gone(exc)
-            raise
-
-    def settimeout(self, seconds: float) -> None:
-        """Bound every read and write; Engine.IO sets ping interval + timeout.
-
-        Without it a write to a peer that stopped reading blocks until TCP
-        gives up, many minutes later.
-        """
-        self._ws.handler.socket.settimeout(seconds)
-
-    def abort(self) -> None:
-        """Cut the TCP connection now: a blocked write fails and frees its buffers."""
-        try:
-            self._ws.handler.socket.shutdown(socket.SHUT_RDWR)
-        except OSError as exc:
-            log.debug("shutdown of a departed client's socket: %s", exc)
-
-
-class ClientGoneMiddleware:
-    """WSGI middleware: a client gone during a request or WebSocket is not an error."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        ws = environ.get("wsgi.websocket")
-        if ws is not None:
-            environ["wsgi.websocket"] = _GuardedWebSocket(ws)
-        try:
-            return self.app(environ, start_response)
-        except Exception as exc:
-            if not is_client_gone(exc):
-                raise
-            client_gone(exc, path=environ.get("PATH_INFO"))
-            return []
 
 
 class Releases:
@@ -164,44 +67,6 @@ class Releases:
             done += 1
         self._fault.clear()
         return done
-
-
-class OutboundLimit:
-    """Caps the packets queued for one connection.
-
-    A client that stops reading while updates keep coming would grow its
-    queue without bound. At ``limit`` queued packets the connection is cut:
-    its records are removed by the disconnect handler, its TCP connection is
-    shut so that its buffers are freed at once, and it is counted as
-    ``gateway_send_failures_total{reason="slow_client"}``. The client
-    reconnects and resubscribes like after any network loss.
-
-    Installed in place of the Socket.IO server's packet send, the one place
-    every outbound packet of the worker passes.
-    """
-
-    def __init__(self, server: Any, limit: int) -> None:
-        self.server = server
-        self.limit = limit
-        self._send = server._send_eio_packet
-        server._send_eio_packet = self
-
-    def __call__(self, eio_sid: str, packet: Any) -> None:
-        connection = self.server.eio.sockets.get(eio_sid)
-        if connection is not None and connection.queue.qsize() >= self.limit:
-            self._cut(eio_sid, connection)
-            return
-        self._send(eio_sid, packet)
-
-    def _cut(self, eio_sid: str, connection: Any) -> None:
-        if connection.closing or connection.closed:
-            return
-        metrics.SEND_FAILURES.labels(reason="slow_client").inc()
-        log.info("client cut off: %d packets queued and unread", self.limit, extra={"sid": eio_sid})
-        ws = self.server.environ.get(eio_sid, {}).get("wsgi.websocket")
-        connection.close(wait=False, abort=True)
-        if isinstance(ws, _GuardedWebSocket):
-            ws.abort()
 
 
 class Heartbeat:

@@ -78,14 +78,20 @@ def answers(handler: Callable[..., Ack]) -> Callable[..., Ack]:
 
 
 class Connection:
-    """What this worker knows of one live connection: its user and topics."""
+    """What this worker knows of one live connection: its user and topics.
 
-    __slots__ = ("user", "topics", "watching")
+    ``watching``: the connection holds one count of its user's channel on this
+    worker (set before the wait for Redis, so that a disconnect meanwhile gives
+    it back exactly once); ``counted``: it is in the user's connection count.
+    """
 
-    def __init__(self, user: str) -> None:
+    __slots__ = ("user", "topics", "watching", "counted")
+
+    def __init__(self, user: str, counted: bool) -> None:
         self.user = user
         self.topics: set[str] = set()
         self.watching = False
+        self.counted = counted
 
 
 class Gateway:
@@ -102,21 +108,22 @@ class Gateway:
         fanout: FanoutManager,
         verifier: TokenVerifier,
         topics: tuple[str, ...],
+        max_connections_per_user: int = 0,
     ) -> None:
         self.registry = registry
         self.history = history
         self.fanout = fanout
         self.verifier = verifier
         self.topics = frozenset(topics)
+        self.max_connections_per_user = max_connections_per_user
         self.connections: dict[str, Connection] = {}
         self.releases = Releases(registry)
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
 
     def held(self) -> Iterator[tuple[str, str, set[str]]]:
-        """Every live connection with topics: ``(sid, user, topics)``."""
+        """Every live connection: ``(sid, user, topics)``."""
         for sid, connection in list(self.connections.items()):
-            if connection.topics:
-                yield sid, connection.user, set(connection.topics)
+            yield sid, connection.user, set(connection.topics)
 
     def reassert(self) -> int:
         """Record every live subscription of this worker again."""
@@ -129,16 +136,43 @@ class Gateway:
         socketio.on_event("unsubscribe", self.unsubscribe)
 
     def connect(self, auth: object = None) -> None:
-        token = protocol.token_from(auth, request.headers.get("Authorization"), request.args)
+        """Accept a connection whose token names its user, or refuse it with the contract's reason.
+
+        Only :class:`Unauthorized` leaves this handler: python-socketio undoes
+        a refused session only then. A fault of the gateway's own is logged
+        once at ERROR and refused as ``internal``.
+        """
+        sid = current_sid()
         try:
+            token = protocol.token_from(auth, request.headers.get("Authorization"), request.args)
             user = self.verifier.verify(token)
+            counted = self._count(sid, user)
         except AuthError as exc:
             metrics.CONNECT_REFUSED.labels(reason=exc.reason).inc()
-            log.debug("connection refused: %s", exc, extra={"sid": current_sid()})
+            log.debug("connection refused: %s", exc, extra={"sid": sid})
             raise Unauthorized(exc.reason) from None
-        self.connections[current_sid()] = Connection(user)
+        except Exception:
+            log.exception("connect handler failed", extra={"sid": sid})
+            raise Unauthorized("internal") from None
+        self.connections[sid] = Connection(user, counted)
         metrics.CONNECTIONS.inc()
-        log.debug("connected", extra={"user": user, "sid": current_sid()})
+        log.debug("connected", extra={"user": user, "sid": sid})
+
+    def _count(self, sid: str, user: str) -> bool:
+        """Count the connection in its user's; raise ``too_many_connections`` at the limit.
+
+        Redis away: the connection is let in uncounted (its subscribe needs
+        Redis anyway, and counts it), rather than refusing every client.
+        """
+        try:
+            admitted = self.registry.connect(sid, user, self.max_connections_per_user)
+        except RedisError:
+            self._redis_fault.fault(user=user, sid=sid)
+            return False
+        self._redis_fault.clear()
+        if not admitted:
+            raise AuthError("too_many_connections", f"user has {self.max_connections_per_user} connections")
+        return True
 
     def disconnect(self, reason: object = None) -> None:
         sid = current_sid()
@@ -149,6 +183,7 @@ class Gateway:
         for topic in connection.topics:
             metrics.SUBSCRIPTIONS.labels(topic=topic).dec()
         if connection.watching:
+            connection.watching = False
             self.fanout.unwatch(connection.user)
         self.releases.release(sid, user=connection.user)
 
@@ -161,9 +196,9 @@ class Gateway:
         seqs: dict[str, int] = {}
 
         def fetch() -> dict[str, Catchup]:
-            if not connection.watching:
-                self.fanout.watch(user)
-                connection.watching = True
+            self._watch(connection)
+            if not connection.counted:
+                connection.counted = self.registry.connect(sid, user)
             for room in rooms.values():
                 join_room(room)
             seqs.update(self.registry.subscribe(sid, user, wanted.topics))
@@ -180,13 +215,32 @@ class Gateway:
                 leave_room(rooms[topic])
             return UNAVAILABLE.ack()
         self._redis_fault.clear()
-        for topic in set(wanted.topics) - connection.topics:
-            metrics.SUBSCRIPTIONS.labels(topic=topic).inc()
-        connection.topics.update(wanted.topics)
-        if sid not in self.connections:  # disconnected while Redis answered
+        if sid not in self.connections:  # disconnected while Redis answered: what was just recorded goes too
             self.releases.release(sid, user=user)
+        else:
+            for topic in set(wanted.topics) - connection.topics:
+                metrics.SUBSCRIPTIONS.labels(topic=topic).inc()
+            connection.topics.update(wanted.topics)
         acks = {topic: found[rooms[topic]].ack(seqs[topic]) for topic in wanted.topics}
         return {"ok": True, "topics": acks, "rejected": wanted.rejected}
+
+    def _watch(self, connection: Connection) -> None:
+        """Receive the connection's user's updates on this worker; once per connection, whatever races it.
+
+        The connection's count is taken before the wait for Redis: a
+        disconnect during the wait gives it back, and a failed wait gives it
+        back unless that disconnect already did.
+        """
+        if connection.watching:
+            return
+        connection.watching = True
+        try:
+            self.fanout.watch(connection.user)
+        except RedisError:
+            if connection.watching:
+                connection.watching = False
+                self.fanout.unwatch(connection.user)
+            raise
 
     @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
@@ -197,7 +251,7 @@ class Gateway:
         joined = set(rooms(sid))
         held = [t for t in named if protocol.room_name(t, user) in joined]
         try:
-            self.registry.release(sid, topics)
+            self.registry.release(sid, named)
         except RedisError:
             self._redis_fault.fault(user=user, sid=sid)
             return UNAVAILABLE.ack()

@@ -36,12 +36,14 @@ Ordering and catch-up, per room (one user's topic) on this worker:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -92,10 +94,17 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         channel: str,
         redis_factory: Callable[[], redis.Redis],
         history: History,
+        topics: tuple[str, ...] = (),
+        queue_methods: tuple[str, ...] = ("emit",),
     ) -> None:
         super().__init__(url="redis://", channel=channel, logger=log)
         self._redis_factory = redis_factory
         self.history = history
+        #: topics counted by name; other event names of queue emits are counted as "other"
+        self.topics = frozenset(topics)
+        #: what a Flask-SocketIO queue message may ask (GATEWAY_QUEUE_METHODS)
+        self.queue_methods = frozenset(queue_methods)
+        self._refusals_logged: set[str] = set()
         #: called after the listener came back (the heartbeat re-asserts records)
         self.on_reconnect: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
@@ -127,23 +136,21 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
     def watch(self, user: str) -> None:
         """Receive ``user``'s updates here; return once Redis confirmed it.
 
-        Counted per local connection. Raises ``RedisError`` when Redis cannot
-        confirm, so that a caller never reads history before updates flow.
+        Counted per local connection: each call, even one that raises, is
+        given back by exactly one :meth:`unwatch`. Raises ``RedisError`` when
+        Redis cannot confirm, so that a caller never reads history before
+        updates flow.
         """
         channel = protocol.user_channel(self.history.prefix, user)
         self._watchers[user] = self._watchers.get(user, 0) + 1
         ready = self._confirmed.get(channel)
-        try:
-            if ready is None:
-                ready = self._confirmed[channel] = threading.Event()
-                if not self.receiving.wait(CONFIRM_SECONDS):
-                    raise RedisConnectionError("the fan-out listener is not connected to Redis")
-                self.pubsub.subscribe(channel)
-            if not ready.wait(CONFIRM_SECONDS):
-                raise RedisTimeoutError(f"Redis did not confirm {channel}")
-        except RedisError:
-            self.unwatch(user)
-            raise
+        if ready is None:
+            ready = self._confirmed[channel] = threading.Event()
+            if not self.receiving.wait(CONFIRM_SECONDS):
+                raise RedisConnectionError("the fan-out listener is not connected to Redis")
+            self.pubsub.subscribe(channel)
+        if not ready.wait(CONFIRM_SECONDS):
+            raise RedisTimeoutError(f"Redis did not confirm {channel}")
 
     def unwatch(self, user: str) -> None:
         """One local connection of ``user`` no longer needs its channel."""
@@ -313,22 +320,24 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     def _emit_update(self, update: protocol.Routed) -> None:
         """Emit to the local room: once per seq, in order, holding back clients that catch up."""
-        room, topic, tally = update.room, update.topic, self.tally
-        tally.received[topic] += 1
+        self.tally.received[update.topic] += 1
+        if self._emit_seq(update.room, update.topic, update.seq, update.socketio_packet):
+            self.tally.latencies.append(max(0.0, time.time() - update.ts))
+
+    def _emit_seq(self, room: str, topic: str, seq: int, encode: Callable[[], str]) -> bool:
+        """Send update ``seq`` to the room's clients unless the room had it; True when sent."""
         members = self.rooms.get("/", {}).get(room)
-        if not members:
-            return
-        if not self._advance(room, topic, update.seq):
-            return
-        packet = eio_packet.Packet(eio_packet.MESSAGE, update.socketio_packet())
-        skip = self._skipped(room, update.seq, topic, packet=packet)
+        if not members or not self._advance(room, topic, seq):
+            return False
+        packet = eio_packet.Packet(eio_packet.MESSAGE, encode())
+        skip = self._skipped(room, seq, topic, packet=packet)
         sent = 0
         for sid, eio_sid in list(members.items()):
             if sid not in skip:
                 self.server._send_eio_packet(eio_sid, packet)
                 sent += 1
-        tally.delivered[topic] += sent
-        tally.latencies.append(max(0.0, time.time() - update.ts))
+        self.tally.delivered[topic] += sent
+        return True
 
     def _advance(self, room: str, topic: str, seq: int) -> bool:
         """Whether ``seq`` is new to ``room`` (then it becomes the room's last); a repeat is counted as skipped."""
@@ -358,27 +367,26 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         return skip
 
     def _handle_emit(self, message: dict[str, Any]) -> None:
-        """A Flask-SocketIO queue message: emitted as :meth:`_emit_update` does, through Socket.IO."""
+        """A Flask-SocketIO queue message: its payload to the room, unchanged, every time.
+
+        The gateway reads no ``seq`` it did not assign: a compatibility emit is
+        never deduplicated, only held back, like updates, from a client that
+        catches up.
+        """
         event = str(message.get("event"))
-        namespace = message.get("namespace") or "/"
+        label = event if event in self.topics else "other"
         room = message.get("room")
-        members = self.rooms.get(namespace, {}).get(room, ())
-        self.tally.received[event] += 1
+        members = self.rooms.get("/", {}).get(room, ())
+        self.tally.received[label] += 1
         if not members:
-            return
-        update = _update(message.get("data"))
-        seq = update["seq"] if update is not None else None
-        if seq is not None and isinstance(room, str) and not self._advance(room, event, seq):
             return
         skip: AbstractSet[str] = _NOBODY
         if isinstance(room, str):
-            skip = self._skipped(room, seq, event, data=message.get("data"))
+            skip = self._skipped(room, None, event, data=message.get("data"))
         if skip:
             message = {**message, "skip_sid": list(skip)}
         super()._handle_emit(message)
-        self.tally.delivered[event] += len(members) - len(skip)
-        if update is not None:
-            self.tally.latencies.append(max(0.0, time.time() - update["ts"]))
+        self.tally.delivered[label] += len(members) - len(skip)
 
     def catch_up(self, sid: str, rooms: list[str], fetch: Callable[[], dict[str, Catchup]]) -> dict[str, Catchup]:
         """Bring ``sid`` up to date in ``rooms``: what ``fetch`` found, then what arrived meanwhile.
@@ -482,40 +490,61 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             return
         for room, (_, topic, _), missed in zip(rooms, asked, found, strict=True):
             for update in missed.updates:
-                message = {"method": "emit", "event": topic, "data": [update], "namespace": "/", "room": room}
                 if missed.snapshot:
                     self.last_seq[room] = 0  # a snapshot repeats a seq the room may hold
-                self._handle_emit(message)
+                self._emit_seq(room, topic, int(update["seq"]), partial(_event_packet, topic, update))
             if missed.updates:
                 metrics.UPDATES_REPLAYED.labels(topic=topic).inc(len(missed.updates))
 
     def _dispatch(self, data: dict[str, Any]) -> None:
-        method = data.get("method")
-        if method == "callback":
-            handler = self._handle_callback
-        elif data.get("host_id") == self.host_id:
+        """Act on a Flask-SocketIO queue message, if GATEWAY_QUEUE_METHODS allows what it asks."""
+        method = str(data.get("method"))
+        if method == "emit" and data.get("room") is None:
+            method = "broadcast"
+        refusal = self._queue_refusal(method, data)
+        if refusal is not None:
+            self._refuse(refusal, method)
             return
-        else:
-            handler = {
-                "emit": self._handle_emit,
-                "disconnect": self._handle_disconnect,
-                "enter_room": self._handle_enter_room,
-                "leave_room": self._handle_leave_room,
-                "close_room": self._handle_close_room,
-            }.get(str(method))
-        if handler is None:
-            log.warning("fan-out skipped a message with method %r", method)
+        if method != "callback" and data.get("host_id") == self.host_id:
             return
+        handler = {
+            "emit": self._handle_emit,
+            "broadcast": self._handle_emit,
+            "callback": self._handle_callback,
+            "disconnect": self._handle_disconnect,
+            "enter_room": self._handle_enter_room,
+            "leave_room": self._handle_leave_room,
+            "close_room": self._handle_close_room,
+        }[method]
+        if "callback" not in self.queue_methods:
+            data.pop("callback", None)
         try:
             handler(data)
         except Exception:
             log.exception("fan-out of a %r message failed", method)
 
+    def _queue_refusal(self, method: str, data: dict[str, Any]) -> str | None:
+        """Why a queue message is refused (the method, or what is wrong with an emit), or None."""
+        if method not in self.queue_methods:
+            return method if method in protocol.QUEUE_METHODS else "unknown"
+        if method in ("emit", "broadcast"):
+            if data.get("namespace") not in (None, "/") or data.get("binary"):
+                return "bad_emit"
+            if method == "emit" and not protocol.is_user_room(data.get("room")):
+                return "bad_room"
+        return None
 
-def _update(data: object) -> dict[str, Any] | None:
-    """The payload of a gateway update (``[{"seq": int, "ts": float, ...}]``), if it is one."""
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        update = data[0]
-        if isinstance(update.get("seq"), int) and isinstance(update.get("ts"), float):
-            return update
-    return None
+    def _refuse(self, reason: str, method: str) -> None:
+        metrics.QUEUE_REFUSED.labels(reason=reason).inc()
+        if reason in self._refusals_logged:
+            return
+        self._refusals_logged.add(reason)
+        log.warning(
+            "fan-out refused a queue message (%s: %r); GATEWAY_QUEUE_METHODS allows %s; further ones are counted "
+            "in gateway_queue_refused_total only", reason, method[:40], ",".join(sorted(self.queue_methods)),
+        )
+
+
+def _event_packet(topic: str, update: dict[str, Any]) -> str:
+    """The Socket.IO EVENT packet of an update read back from history."""
+    return "2" + json.dumps([topic, update], separators=(",", ":"), ensure_ascii=False)

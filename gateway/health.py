@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify
@@ -9,7 +10,10 @@ from redis.exceptions import RedisError
 
 from gateway import metrics
 
-#: A check returns ``None`` when ready, else the reason it is not.
+log = logging.getLogger(__name__)
+
+#: A check returns ``None`` when ready, else the reason it is not: a short code
+#: (``redis_unavailable``, ``listener_down``, ``heartbeat_stale``).
 Check = Callable[[], "str | None"]
 
 
@@ -37,11 +41,15 @@ def blueprint(checks: list[Check], published: Callable[[], dict[str, int]]) -> B
 
 
 def redis_answers(ping: Callable[[], object]) -> Check:
+    """Ready while Redis answers a PING. The reason shown is a code; what Redis said (hosts, ports) goes to
+    the log at DEBUG, since /readyz is public behind the load balancer."""
+
     def check() -> str | None:
         try:
             ping()
         except RedisError as exc:
-            return f"redis: {exc}"
+            log.debug("readiness: Redis does not answer: %s", exc)
+            return "redis_unavailable"
         return None
 
     return check

@@ -56,10 +56,10 @@ def configure(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler(log_format)]
     root.setLevel(level)
-    # The Socket.IO libraries report client mistakes and departures at INFO
-    # and WARNING; the gateway reports what matters itself.
-    for name in ("socketio", "socketio.server", "engineio", "engineio.server", "geventwebsocket"):
-        logging.getLogger(name).setLevel(max(logging.ERROR, root.level))
+    # gevent-websocket reports each request and each client's handshake mistake
+    # at INFO and WARNING; the gateway counts those itself. python-engineio and
+    # python-socketio log through gateway.mistakes.LibraryLog, which sorts.
+    logging.getLogger("geventwebsocket").setLevel(max(logging.ERROR, root.level))
 
 
 def gunicorn_logconfig(level: str, log_format: str) -> dict[str, Any]:

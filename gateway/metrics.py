@@ -61,6 +61,21 @@ SEND_FAILURES = Counter(
 )
 for _reason in ("client_gone", "slow_client"):
     SEND_FAILURES.labels(reason=_reason)  # exported as 0 before the first failure
+CLIENT_ERRORS = Counter(
+    "gateway_client_errors_total",
+    "Client input the protocol does not allow, by reason; each closed its connection.", ["reason"],
+)
+SESSIONS = Gauge(
+    "gateway_sessions",
+    "Sessions a worker holds, by state: engineio (every Engine.IO session), unauthenticated (waiting for a "
+    "valid CONNECT), socketio (Socket.IO sessions known to python-socketio).", ["state"],
+    multiprocess_mode="livesum",
+)
+QUEUE_REFUSED = Counter(
+    "gateway_queue_refused_total",
+    "Flask-SocketIO queue messages refused: a method GATEWAY_QUEUE_METHODS does not allow, or an emit "
+    "to no user's room.", ["reason"],
+)
 SWEEPS = Counter(
     "gateway_sweeps_total", "Dead workers whose records were removed."
 )

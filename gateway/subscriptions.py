@@ -8,6 +8,10 @@ Guarantees:
   user on two devices keeps a topic until the last device leaves.
 - Records are owned by a worker (``worker:<id>`` lists its connections), so
   the records of a worker that died can be found and removed whole.
+- Each user's live connections are counted across every worker
+  (``conns:<user>``); :meth:`Registry.connect` refuses one over the limit
+  atomically, so two devices connecting at once on two machines cannot both
+  take the last place.
 - Reads are plain set reads: consistent per call, not across calls.
 - Liveness is a lease: ``workers`` maps each worker to the end of its lease
   on Redis's clock. A worker renews it every beat; the records of a worker
@@ -49,6 +53,7 @@ class Registry:
         self.redis = client
         self.prefix = prefix
         self.worker_id = worker_id
+        self._connect = load_script(client, "connect")
         self._subscribe = load_script(client, "subscribe")
         self._release = load_script(client, "release")
         self._heartbeat = load_script(client, "heartbeat")
@@ -60,6 +65,14 @@ class Registry:
 
     # Writes: one script each, owned by this worker.
 
+    def connect(self, sid: str, user: str, limit: int = 0) -> bool:
+        """Record connection ``sid`` of ``user``; False (nothing recorded) when the user has ``limit`` already.
+
+        ``limit`` 0: no limit. Recording a connection twice is harmless.
+        """
+        conn = connection_id(self.worker_id, sid)
+        return bool(self._connect(args=[self.prefix, self.worker_id, conn, user, limit]))
+
     def subscribe(self, sid: str, user: str, topics: Iterable[str]) -> dict[str, int]:
         """Record ``topics`` for connection ``sid`` of ``user``; return each topic's current seq."""
         names = list(topics)
@@ -70,7 +83,10 @@ class Registry:
         return dict(zip(names, (int(seq) for seq in seqs), strict=False))
 
     def release(self, sid: str, topics: Iterable[str] | None = None, *, worker_id: str | None = None) -> list[str]:
-        """Remove ``topics`` (default: all) of connection ``sid``; return those removed."""
+        """Remove ``topics`` of connection ``sid``; return those removed.
+
+        ``topics`` None: the connection ended, and every record of it goes.
+        """
         names = [] if topics is None else list(topics)
         if topics is not None and not names:
             return []
@@ -82,16 +98,17 @@ class Registry:
         """Record again every ``(sid, user, topics)`` this worker holds; return how many.
 
         Used when Redis lost this worker's records (a restart without data, or
-        a sweep during a long stall). Pipelined ``batch`` scripts at a time.
+        a sweep during a long stall). Pipelined ``batch`` connections at a
+        time; the per-user limit is not applied to connections already live.
         """
         count = 0
         with self.redis.pipeline(transaction=False) as pipe:
             for sid, user, topics in held:
+                conn = connection_id(self.worker_id, sid)
+                self._connect(args=[self.prefix, self.worker_id, conn, user, 0], client=pipe)
                 names = list(topics)
-                if not names:
-                    continue
-                args = [self.prefix, self.worker_id, connection_id(self.worker_id, sid), user, *names]
-                self._subscribe(args=args, client=pipe)
+                if names:
+                    self._subscribe(args=[self.prefix, self.worker_id, conn, user, *names], client=pipe)
                 count += 1
                 if count % batch == 0:
                     pipe.execute()
@@ -148,6 +165,10 @@ class Registry:
 
     def subscribers(self, topic: str) -> set[str]:
         return as_set(self.redis.smembers(self.key("topic", topic)))
+
+    def user_connections(self, user: str) -> int:
+        """Live connections of ``user`` on every worker (those counted at CONNECT)."""
+        return int(self.redis.scard(self.key("conns", user)))
 
     def user_topics(self, user: str) -> set[str]:
         return as_set(self.redis.smembers(self.key("user", user)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,8 +25,11 @@ from gateway.cleanup import Heartbeat
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
+from gateway.inbound import InboundLimits
+from gateway.sessions import SessionGuard
 from gateway.subscriptions import Registry
-from gateway.transport import Pinger
+from gateway.transport import Handler, Pinger, upgrade_refusal
+from gateway.websocket import WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 0.1
 #: Seconds a starting worker waits for its fan-out listener before serving.
 START_SECONDS = 5.0
+#: Connections of a worker kept for plain HTTP when it is full of WebSockets (at most).
+HTTP_RESERVE = 100
 
 
 class Draining:
@@ -54,11 +58,11 @@ class Draining:
         if not self.stopping.is_set():
             return self.app(environ, start_response)
         ws = environ.get("wsgi.websocket")
-        if ws is not None:
+        if isinstance(ws, WebSocket):
             # Cut the TCP connection rather than send a close frame: a client
             # waits for the server to end the connection after a close frame,
             # which this worker would do only as it exits.
-            ws.handler.socket.shutdown(socket.SHUT_RDWR)
+            ws.abort()
             return []
         start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
         return [b"worker stopping\n"]
@@ -86,6 +90,7 @@ class GatewayWorker:
     gateway: Gateway
     socketio: SocketIO
     heartbeat: Heartbeat
+    guard: SessionGuard
     stopping: threading.Event
     stopped: bool = field(default=False, init=False)
     #: set by :meth:`look_now` to have ``alive`` looked at before the next tick
@@ -105,6 +110,7 @@ class GatewayWorker:
         pinger = Pinger(server.eio)
         pinger.install()
         self.socketio.start_background_task(pinger.run, self.stopping)
+        self.socketio.start_background_task(self.guard.run, self.stopping)
         self.socketio.start_background_task(self.heartbeat.run, self.stopping)
         self.socketio.start_background_task(self._watch, alive)
         # Serve only once updates can flow; a Redis that is away delays no
@@ -112,6 +118,20 @@ class GatewayWorker:
         if not self.fanout.receiving.wait(START_SECONDS):
             log.warning("worker serving before its fan-out listener reached Redis", extra={"worker": self.worker_id})
         log.info("worker started", extra={"worker": self.worker_id})
+
+    def handler_class(self, capacity: int) -> type[Handler]:
+        """The WSGI handler for this worker: its inbound limits, and at most ``capacity`` connections.
+
+        A few of the ``capacity`` places stay free for plain HTTP (health
+        probes, metrics): a worker full of WebSockets answers a new one 503,
+        and the load balancer tries another machine.
+        """
+        websockets = capacity - max(1, min(HTTP_RESERVE, capacity // 20))
+        return Handler.configured(
+            InboundLimits.for_messages_of(self.config.max_message_bytes),
+            upgrade_refusal(self.socketio.server.eio, websockets),
+            head_seconds=self.config.auth_timeout,
+        )
 
     def look_now(self) -> None:
         """Look at ``alive`` at once rather than at the next tick; safe in a signal handler.

@@ -9,7 +9,6 @@ Redis client, registry, fan-out, handlers and HTTP endpoints together.
 
 from __future__ import annotations
 
-import logging
 import threading
 from functools import partial
 
@@ -18,13 +17,16 @@ from flask_socketio import SocketIO
 
 from gateway import health, logs
 from gateway.auth import TokenVerifier
-from gateway.cleanup import ClientGoneMiddleware, ClientMistakes, Heartbeat, OutboundLimit, WorkerName
+from gateway.cleanup import Heartbeat, WorkerName
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.history import History
+from gateway.mistakes import LibraryLog
 from gateway.redis_client import connect
+from gateway.sessions import SessionGuard, StrictPacket
 from gateway.subscriptions import Registry
+from gateway.transport import ClientGoneMiddleware, OutboundLimit
 from gateway.worker import Draining, GatewayWorker
 
 
@@ -33,7 +35,6 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     config.validate()
     logs.configure(config.log_level, config.log_format)
-    logging.getLogger("engineio.server").addFilter(ClientMistakes())
     assert config.redis_url is not None  # validate() guarantees it
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
@@ -42,9 +43,12 @@ def create_app(config: Config | None = None) -> Flask:
     # The listener's own connection never retries inside redis-py: a lost
     # connection must reach the listener, which then replays what it missed.
     fanout = FanoutManager(
-        config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), history
+        config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), history,
+        topics=config.topics, queue_methods=config.queue_methods,
     )
-    gateway = Gateway(registry, history, fanout, TokenVerifier(config), config.topics)
+    gateway = Gateway(
+        registry, history, fanout, TokenVerifier(config), config.topics, config.max_connections_per_user
+    )
     heartbeat = Heartbeat(
         registry, config.heartbeat_seconds, gateway.reassert, gateway.releases, tidy=fanout.forget_empty_rooms
     )
@@ -56,20 +60,27 @@ def create_app(config: Config | None = None) -> Flask:
         async_mode="gevent",
         client_manager=fanout,
         cors_allowed_origins=_cors(config),
+        cors_credentials=False,  # no cookie or HTTP auth is ever used
         transports=list(config.transports),
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
         max_http_buffer_size=config.max_message_bytes,
-        logger=False,
-        engineio_logger=False,
+        serializer=StrictPacket,
+        async_handlers=False,
+        logger=LibraryLog("socketio.server"),
+        engineio_logger=LibraryLog("engineio.server"),
     )
     gateway.register(socketio)
     OutboundLimit(socketio.server, config.send_queue_limit)
+    guard = SessionGuard(socketio.server, config.auth_timeout)
+    guard.install()
     checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
     app.register_blueprint(health.blueprint(checks, registry.published))
     stopping = threading.Event()
     app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
-    app.extensions["gateway"] = GatewayWorker(config, client, registry, fanout, gateway, socketio, heartbeat, stopping)
+    app.extensions["gateway"] = GatewayWorker(
+        config, client, registry, fanout, gateway, socketio, heartbeat, guard, stopping
+    )
     return app
 
 
@@ -81,14 +92,14 @@ def _cors(config: Config) -> str | list[str] | None:
 
 def _lease_check(heartbeat: Heartbeat) -> health.Check:
     def check() -> str | None:
-        return None if heartbeat.fresh else "worker heartbeat is not fresh"
+        return None if heartbeat.fresh else "heartbeat_stale"
 
     return check
 
 
 def _listener_check(fanout: FanoutManager) -> health.Check:
     def check() -> str | None:
-        return None if fanout.listening else "fan-out listener is not receiving from Redis"
+        return None if fanout.listening else "listener_down"
 
     return check
 

@@ -1,10 +1,10 @@
--- Remove topics from one connection's subscriptions, atomically.
+-- Remove topics from one connection's subscriptions, or the whole connection, atomically.
 --
 -- ARGV[1] key prefix, ARGV[2] worker id, ARGV[3] connection id,
--- ARGV[4..] topics; none given: every topic of the connection (disconnect).
+-- ARGV[4..] topics; none given: the connection ended (disconnect), and every
+-- topic goes with it, its record in worker:<worker> and in conns:<user>.
 -- A (user, topic) leaves topic:<topic> and user:<user> only when its last
 -- connection goes, so a user on two devices keeps the topic until both left.
--- When the connection holds nothing more, its keys are deleted.
 -- Returns the topics actually removed.
 local p, worker, conn = ARGV[1], ARGV[2], ARGV[3]
 local worker_key, conn_key = p .. ':worker:' .. worker, p .. ':conn:' .. conn
@@ -12,11 +12,12 @@ local user = redis.call('HGET', worker_key, conn)
 if not user then
   return {}
 end
+local ended = #ARGV == 3
 local topics = {}
-if #ARGV > 3 then
-  for i = 4, #ARGV do topics[#topics + 1] = ARGV[i] end
-else
+if ended then
   topics = redis.call('SMEMBERS', conn_key)
+else
+  for i = 4, #ARGV do topics[#topics + 1] = ARGV[i] end
 end
 local removed = {}
 for _, topic in ipairs(topics) do
@@ -30,7 +31,8 @@ for _, topic in ipairs(topics) do
     removed[#removed + 1] = topic
   end
 end
-if redis.call('SCARD', conn_key) == 0 then
+if ended then
   redis.call('HDEL', worker_key, conn)
+  redis.call('SREM', p .. ':conns:' .. user, conn)
 end
 return removed

@@ -125,3 +125,39 @@ def test_keys_do_not_grow_with_past_connections(redis_client: redis.Redis, prefi
         for n in range(100):
             registry.release(f"r{round_}-{n}")
         assert live_keys(redis_client, prefix) == baseline
+
+
+def test_connect_counts_a_users_connections_on_every_worker_up_to_the_limit(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    phone, laptop = Registry(redis_client, prefix, "w1"), Registry(redis_client, prefix, "w2")
+    assert phone.connect("a", "4", limit=2) and laptop.connect("b", "4", limit=2)
+    assert phone.connect("a", "4", limit=2), "recording a connection again is harmless"
+    assert not laptop.connect("c", "4", limit=2)
+    assert phone.user_connections("4") == 2
+    assert phone.connections("w1") == {"a": "4"}
+    phone.release("a")
+    assert laptop.connect("c", "4", limit=2)
+    assert laptop.connect("d", "5", limit=0) and laptop.connect("e", "5", limit=0)
+    for sid in "bcde":
+        laptop.release(sid)
+    assert live_keys(redis_client, prefix) == set()
+
+
+def test_releasing_named_topics_keeps_the_connection_counted(redis_client: redis.Redis, prefix: str) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    registry.connect("a", "4", limit=1)
+    registry.subscribe("a", "4", ["balance"])
+    registry.release("a", ["balance"])
+    assert registry.user_connections("4") == 1 and registry.connections("w1") == {"a": "4"}
+    registry.release("a")
+    assert registry.user_connections("4") == 0 and live_keys(redis_client, prefix) == set()
+
+
+def test_drop_worker_releases_the_counted_connections_too(redis_client: redis.Redis, prefix: str) -> None:
+    dead, alive = Registry(redis_client, prefix, "dead"), Registry(redis_client, prefix, "alive")
+    dead.connect("a", "4", limit=1)
+    assert not alive.connect("b", "4", limit=1)
+    alive.drop_worker("dead")
+    assert alive.connect("b", "4", limit=1)
+    alive.release("b")

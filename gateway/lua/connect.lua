@@ -1,0 +1,17 @@
+-- Record one live connection of a user, unless the user already has too many, atomically.
+--
+-- ARGV[1] key prefix, ARGV[2] worker id, ARGV[3] connection id,
+-- ARGV[4] user id, ARGV[5] most live connections per user (0: no limit).
+-- Keys (all under the prefix):
+--   worker:<worker>  hash  connection -> user   (what a sweep walks)
+--   conns:<user>     set   the user's live connections, on every worker
+-- Returns 1 when the connection is recorded (or was already), 0 when the
+-- user is at the limit: the connection must be refused.
+local p, worker, conn, user, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local conns = p .. ':conns:' .. user
+if limit > 0 and redis.call('SISMEMBER', conns, conn) == 0 and redis.call('SCARD', conns) >= limit then
+  return 0
+end
+redis.call('SADD', conns, conn)
+redis.call('HSET', p .. ':worker:' .. worker, conn, user)
+return 1

@@ -1,0 +1,169 @@
+"""The gateway's WebSocket reader on bytes held in memory: every rule judged on the frame header."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from typing import Any
+
+import pytest
+
+from gateway.inbound import InboundLimits
+from gateway.websocket import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, WebSocket, frame_header, unmask
+
+LIMIT = 1024
+
+
+def frame(payload: bytes | str, opcode: int = TEXT, *, fin: bool = True, mask: bool = True, rsv: int = 0,
+          length: int | None = None) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    size = len(data) if length is None else length
+    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head.append(bit | size)
+    elif size < 1 << 16:
+        head += bytes([bit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", size)
+    if not mask:
+        return bytes(head) + data
+    key = os.urandom(4)
+    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+class Peer:
+    """Stands in for the client's socket: what the gateway writes, and whether it shut the connection."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.shut: list[int] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.written += data
+
+    def shutdown(self, how: int) -> None:
+        self.shut.append(how)
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        data, found = bytes(self.written), []
+        while data:
+            opcode, size, offset = data[0] & 0x0F, data[1] & 0x7F, 2
+            if size == 126:
+                size, offset = struct.unpack("!H", data[2:4])[0], 4
+            elif size == 127:
+                size, offset = struct.unpack("!Q", data[2:10])[0], 10
+            found.append((opcode, data[offset:offset + size]))
+            data = data[offset + size:]
+        return found
+
+    def close_code(self) -> int | None:
+        closes = [payload for opcode, payload in self.frames() if opcode == CLOSE]
+        return struct.unpack("!H", closes[0][:2])[0] if closes else None
+
+
+def socket_for(data: bytes, limits: InboundLimits | None = None, **kwargs: Any) -> tuple[WebSocket, Peer]:
+    peer = Peer()
+    ws = WebSocket({}, peer, io.BufferedReader(io.BytesIO(data)), limits or InboundLimits.for_messages_of(LIMIT),
+                   **kwargs)
+    return ws, peer
+
+
+def test_unmask_is_the_rfc_xor() -> None:
+    key, data = os.urandom(4), os.urandom(1001)
+    assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert unmask(b"", key) == b""
+
+
+def test_a_masked_text_message_is_read_and_fragments_are_joined() -> None:
+    ws, _ = socket_for(frame("40{}") + frame("42[", fin=False) + frame('"a"', CONTINUATION, fin=False)
+                       + frame("]", CONTINUATION))
+    assert ws.receive() == "40{}"
+    assert ws.receive() == '42["a"]'
+    assert ws.receive() is None and ws.closed
+
+
+def test_pings_are_answered_between_fragments() -> None:
+    ws, peer = socket_for(frame("42[", fin=False) + frame(b"hi", PING) + frame("]", CONTINUATION))
+    assert ws.receive() == "42[]"
+    assert peer.frames() == [(PONG, b"hi")]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(frame("", length=LIMIT + 1), 1009, id="declared length over the limit"),
+        pytest.param(frame(b"", length=256 * 1024 * 1024)[:10], 1009, id="256 MiB declared, nothing sent"),
+        pytest.param(frame("4" * 600, fin=False) + frame("x" * 600, CONTINUATION), 1009, id="running total"),
+        pytest.param(frame("40", mask=False), 1002, id="unmasked"),
+        pytest.param(frame("40", rsv=4), 1002, id="reserved bit"),
+        pytest.param(frame("40", opcode=3), 1002, id="reserved opcode"),
+        pytest.param(frame("x", CONTINUATION), 1002, id="continuation of nothing"),
+        pytest.param(frame("4", fin=False) + frame("2", TEXT), 1002, id="new message inside a fragmented one"),
+        pytest.param(frame(b"", PING, fin=False), 1002, id="fragmented control frame"),
+        pytest.param(frame(b"x" * 126, PING), 1002, id="long control frame"),
+        pytest.param(frame(b"\x00\x01", BINARY), 1003, id="binary"),
+        pytest.param(frame(b"4\xff\xfe"), 1007, id="not UTF-8"),
+        pytest.param(frame(b"\x03\xe8\xff", CLOSE), 1007, id="close reason not UTF-8"),
+        pytest.param(frame(b"\x03", CLOSE), 1002, id="close payload of one byte"),
+        pytest.param(frame(struct.pack("!H", 1005), CLOSE), 1002, id="close code a client may not send"),
+    ],
+)
+def test_refused_frames_close_with_their_code(data: bytes, code: int) -> None:
+    ws, peer = socket_for(data)
+    assert ws.receive() is None
+    assert peer.close_code() == code
+
+
+def test_a_frame_over_the_limit_is_refused_before_its_payload_is_read() -> None:
+    stream = io.BufferedReader(io.BytesIO(frame("", length=LIMIT + 1) + b"x" * 100_000))
+    peer = Peer()
+    ws = WebSocket({}, peer, stream, InboundLimits.for_messages_of(LIMIT))
+    assert ws.receive() is None
+    assert peer.close_code() == 1009
+    assert stream.tell() <= 16  # the header, nothing of the payload
+
+
+def test_the_check_refuses_a_message_with_policy_violation() -> None:
+    ws, peer = socket_for(frame("x"), check=lambda text: "bad_packet" if text == "x" else None)
+    assert ws.receive() is None
+    assert peer.close_code() == 1008
+
+
+def test_a_connection_over_its_frame_budget_is_cut() -> None:
+    limits = InboundLimits(LIMIT, frame_burst=5, frames_per_second=0.001, byte_burst=10_000, bytes_per_second=1)
+    ws, peer = socket_for(frame("3") * 10, limits)
+    assert [ws.receive() for _ in range(5)] == ["3"] * 5
+    assert ws.receive() is None and peer.close_code() == 1008
+
+
+def test_a_close_frame_is_answered_and_ends_the_reading() -> None:
+    ws, peer = socket_for(frame(struct.pack("!H", 1001) + b"bye", CLOSE) + frame("40"))
+    assert ws.receive() is None
+    assert peer.close_code() == 1001
+    assert ws.receive() is None  # nothing read after the close
+
+
+def test_messages_after_the_gateway_closed_are_dropped_until_the_clients_close() -> None:
+    ws, peer = socket_for(frame("42[]") + frame(struct.pack("!H", 1000), CLOSE))
+    ws.close(1008)
+    assert ws.receive() is None
+    assert [opcode for opcode, _ in peer.frames()] == [CLOSE]
+
+
+def test_end_of_stream_in_the_middle_of_a_frame_ends_the_connection_quietly() -> None:
+    ws, peer = socket_for(frame("42[" + "x" * 100)[:20])
+    assert ws.receive() is None and ws.closed
+    assert peer.frames() == []
+
+
+def test_send_writes_one_unmasked_text_frame() -> None:
+    ws, peer = socket_for(b"")
+    ws.send("2")
+    ws.send("4" + "x" * 70_000)
+    assert peer.frames() == [(TEXT, b"2"), (TEXT, b"4" + b"x" * 70_000)]
+    assert frame_header(TEXT, 70_001)[1] == 127
