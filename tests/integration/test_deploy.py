@@ -4,29 +4,39 @@ The units are checked by systemd's own parser after moving only the install
 paths that do not exist on a test machine (/opt/push-gateway, /etc/push-gateway);
 their commands are run the way systemd would run them (working directory,
 Environment=, EnvironmentFile=, UnsetEnvironment=). nginx runs the deploy
-config unchanged except for its listen address and upstream servers.
+config unchanged except for its listen addresses, upstream servers, and the
+paths of its certificate (made for the test) and access log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import requests
 import socketio
+import websocket
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gateway.config import Config
 from gateway.publisher import Publisher
@@ -165,6 +175,13 @@ def seconds(span: str) -> float:
     return int(match[1]) * (60 if match[2] in ("m", "min") else 1)
 
 
+def size(value: str) -> int:
+    """A size in bytes as systemd writes it: 512M, 6G."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", value)
+    assert match, f"not a simple size: {value!r}"
+    return int(match[1]) * 1024 ** " KMGT".index(match[2] or " ")
+
+
 def needs(program: str, package: str) -> pytest.MarkDecorator:
     """Skip, saying what to install, only when ``program`` is missing (decided before any fixture starts)."""
     return pytest.mark.skipif(
@@ -270,6 +287,24 @@ def test_the_gateway_unit_outlasts_gunicorns_graceful_stop_and_connection_limit(
         assert one(text, "EnvironmentFile") == ENV_FILE
 
 
+def test_the_gateway_unit_bounds_its_memory_tasks_and_network_peers() -> None:
+    unit = unit_text(GATEWAY_UNIT)
+    sized_for = re.search(r"Sized here for GATEWAY_WORKERS=(\d+)", unit)
+    assert sized_for, "the unit says for how many workers its memory limits are sized"
+    workers = int(sized_for[1])
+    # Every worker full (worker_connections clients at about 50 KiB each) stays below the soft limit ...
+    high, maximum = size(one(unit, "MemoryHigh")), size(one(unit, "MemoryMax"))
+    assert workers * gunicorn_setting("worker_connections") * 50 * 1024 < high < maximum
+    # ... and an out-of-memory kill takes one worker, not the whole service.
+    assert one(unit, "OOMPolicy") == "continue"
+    assert int(one(unit, "TasksMax")) >= 15 * workers
+    # Nobody but the allowed peers, among them this machine itself and the Prometheus host nginx lets read /metrics.
+    assert one(unit, "IPAddressDeny") == "any"
+    allowed = set(" ".join(unit_settings(unit)["IPAddressAllow"]).split())
+    assert "localhost" in allowed
+    assert set(site_directives("allow", site_location("= /metrics"))) - {"127.0.0.1", "::1"} <= allowed
+
+
 # --- gateway.env.example and the command before every start -----------------------------------------------------------
 
 
@@ -306,13 +341,31 @@ def test_check_config_before_every_start_refuses_the_example_until_it_is_filled_
 
 # --- nginx -----------------------------------------------------------------------------------------------------------
 
+#: Where the site keeps its certificate and its access log on a real machine; the test moves both into its folder.
+TLS_DIR, LOG_DIR = "/etc/ssl/push.example.com/", "/var/log/nginx/"
+#: The handshake of a Socket.IO client that speaks WebSocket only.
+HANDSHAKE = "/socket.io/?EIO=4&transport=websocket"
+#: The headers of a WebSocket handshake (RFC 6455 section 4.1).
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+#: Variables that hold a request's query string, which may carry a client's token.
+QUERY_VARIABLES = {"request", "request_uri", "args", "query_string", "http_referer"}
 
-def site_config(upstreams: list[str], port: int) -> str:
-    """deploy/nginx/push-gateway.conf with its upstream servers and listen address moved to loopback."""
+
+def rewritten_once(text: str, pattern: str, replacement: str, what: str) -> str:
+    """``text`` with the one directive line matching ``pattern`` (after its indent) replaced."""
+    text, count = re.subn(rf"^(\s*){pattern}", lambda match: match[1] + replacement, text, flags=re.MULTILINE)
+    assert count == 1, f"the site should have one {what}, not {count}"
+    return text
+
+
+def site_config(upstreams: list[str], folder: Path, http_port: int, https_port: int) -> str:
+    """deploy/nginx/push-gateway.conf with its listen addresses and upstream servers moved to loopback and its
+    certificate and access log moved into ``folder``."""
     text = NGINX_SITE.read_text()
-    listen = re.findall(r"^\s*listen\s+80\b", text, re.MULTILINE)
-    assert len(listen) == 1, "the site should listen once, on port 80"
-    text = re.sub(r"^(\s*listen\s+)80\b", rf"\g<1>127.0.0.1:{port}", text, flags=re.MULTILINE)
+    text = rewritten_once(text, r"listen\s+80;", f"listen 127.0.0.1:{http_port};", "listen 80 (the redirect)")
+    text = rewritten_once(text, r"listen\s+443 ssl\b", f"listen 127.0.0.1:{https_port} ssl", "listen 443 ssl")
+    text = text.replace(TLS_DIR, f"{folder}/").replace(LOG_DIR, f"{folder}/")
     block = re.search(r"^upstream push_gateway \{\n(.*?)^\}", text, re.MULTILINE | re.DOTALL)
     assert block, "no upstream push_gateway block"
     servers = re.findall(r"^(\s*server\s+)(\S+)([^;\n]*;)\n", block[1], re.MULTILINE)
@@ -324,23 +377,71 @@ def site_config(upstreams: list[str], port: int) -> str:
     return text.replace(block[1], body, 1)
 
 
+def site_directives(name: str, text: str | None = None) -> list[str]:
+    """The arguments of every ``name`` directive of the site (or of ``text``), in order."""
+    return re.findall(rf"^\s*{name}\s+([^;]*);", NGINX_SITE.read_text() if text is None else text, re.MULTILINE)
+
+
+def site_location(path: str) -> str:
+    block = re.search(rf"location {re.escape(path)} \{{(.*?)\n    \}}", NGINX_SITE.read_text(), re.DOTALL)
+    assert block, f"no location {path}"
+    return block[1]
+
+
+def write_certificates(certificate: Path, key: Path, authority: Path) -> None:
+    """A test certificate authority, and a certificate from it for push.example.com and 127.0.0.1."""
+    now = datetime.now(UTC)
+    ca_key, site_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "push gateway test CA")])
+
+    def issued(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1)))
+
+    ca = issued(ca_name, ca_key.public_key()).add_extension(
+        x509.BasicConstraints(ca=True, path_length=0), critical=True
+    ).sign(ca_key, hashes.SHA256())
+    site = issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "push.example.com")]), site_key.public_key())
+    names = [x509.DNSName("push.example.com"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    site = site.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True).add_extension(
+        x509.SubjectAlternativeName(names), critical=False
+    )
+    pem = serialization.Encoding.PEM
+    certificate.write_bytes(site.sign(ca_key, hashes.SHA256()).public_bytes(pem) + ca.public_bytes(pem))
+    key.write_bytes(site_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)
+    authority.write_bytes(ca.public_bytes(pem))
+
+
 class Nginx:
-    """nginx in the foreground with the deploy site in front of ``upstreams``; stopped by its PID."""
+    """nginx in the foreground with the deploy site in front of ``upstreams``; stopped by its PID.
+
+    ``url`` is the TLS server (https://, wss://), ``plain_url`` the port-80 one; clients trust ``ca``.
+    """
 
     def __init__(self, folder: Path, upstreams: list[str]) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.plain_port = free_port(), free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.plain_url = f"http://127.0.0.1:{self.plain_port}"
         self.error_log = folder / "error.log"
+        #: Where nginx.conf's own http-level access_log writes: the site's servers must not use it.
+        self.default_access_log = folder / "access.log"
+        self.ca = folder / "ca.pem"
         folder.mkdir()
-        (folder / "push-gateway.conf").write_text(site_config(upstreams, self.port))
+        site = site_config(upstreams, folder, self.plain_port, self.port)
+        (folder / "push-gateway.conf").write_text(site)
+        (certificate,), (key,) = site_directives("ssl_certificate", site), site_directives("ssl_certificate_key", site)
+        write_certificates(Path(certificate), Path(key), self.ca)
+        (self.access_log,) = {Path(line.split()[0]) for line in site_directives("access_log", site)}
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers that can read the test's private tmp dir
         temp = "".join(f"{kind}_temp_path {folder}/{kind}_temp;\n" for kind in ("client_body", "proxy", "fastcgi",
                                                                                  "uwsgi", "scgi"))
         (folder / "nginx.conf").write_text(
             f"{user}worker_processes 1;\npid {folder}/nginx.pid;\nerror_log {self.error_log} notice;\n"
             f"events {{ worker_connections 512; }}\n"
-            f"http {{\naccess_log {folder}/access.log;\n{temp}include {folder}/push-gateway.conf;\n}}\n"
+            f"http {{\naccess_log {self.default_access_log};\n{temp}include {folder}/push-gateway.conf;\n}}\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -354,7 +455,7 @@ class Nginx:
     def start(self) -> Nginx:
         with open(self.folder / "stderr.log", "ab") as log:
             self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._answers, 10, "nginx answers /healthz")
+        wait_for(self._answers, 10, "nginx answers /healthz over TLS")
         return self
 
     def _answers(self) -> bool:
@@ -362,9 +463,56 @@ class Nginx:
         if self.process.poll() is not None:
             raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.errors()}")
         try:
-            return requests.get(self.url + "/healthz", timeout=5).status_code == 200
+            return self.get("/healthz").status_code == 200
         except requests.ConnectionError:
             return False
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """``path`` from the TLS server, its certificate checked against the test's CA."""
+        return requests.get(self.url + path, verify=str(self.ca), timeout=5, **kwargs)
+
+    def client(self, token: str | None, *, user: str, url: str | None = None, **kwargs: Any) -> Client:
+        """A Socket.IO client of the TLS server (wss://), trusting the test's CA."""
+        session = requests.Session()
+        session.verify = str(self.ca)
+        return Client(url or self.url, token, user=user, http_session=session, **kwargs)
+
+    @contextmanager
+    def tls_connection(self, source: str) -> Iterator[ssl.SSLSocket]:
+        """A TLS connection to the site from loopback address ``source``."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        with (socket.create_connection(("127.0.0.1", self.port), timeout=5, source_address=(source, 0)) as raw,
+              context.wrap_socket(raw, server_hostname="127.0.0.1") as sock):
+            yield sock
+
+    def status_from(self, source: str, path: str, *, upgrade: bool = False) -> int:
+        """The status nginx answers a GET of ``path`` with, to a client at loopback address ``source``; with
+        ``upgrade``, the GET asks for a WebSocket, which is closed as soon as the status line arrives."""
+        headers = UPGRADE if upgrade else {"Connection": "close"}
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", *(f"{k}: {v}" for k, v in headers.items())]
+        with self.tls_connection(source) as sock:
+            sock.sendall("\r\n".join([*lines, "", ""]).encode())
+            status_line = sock.makefile("rb").readline().decode()
+        return int(status_line.split()[1])
+
+    def handshake(self, source: str = "127.0.0.1", origin: str | None = None, header: list[str] | None = None
+                  ) -> tuple[int, bool]:
+        """Open a WebSocket to the handshake path: the HTTP status, and whether Engine.IO's open packet came.
+
+        Without ``origin`` the client sends the site's own (https://127.0.0.1:<port>), as a page of it would.
+        """
+        with self.tls_connection(source) as sock:
+            try:
+                ws = websocket.create_connection(f"wss://127.0.0.1:{self.port}{HANDSHAKE}", socket=sock, timeout=5,
+                                                 origin=origin, header=header or [])
+            except websocket.WebSocketBadStatusException as refused:
+                return refused.status_code, False
+            try:
+                return ws.status, ws.recv().startswith("0")
+            except websocket.WebSocketConnectionClosedException:
+                return ws.status, False
+            finally:
+                ws.shutdown()
 
     def errors(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
@@ -395,22 +543,41 @@ def start_nginx(tmp_path: Path) -> Iterator[Callable[[list[GatewayProcess]], Ngi
         nginx.stop()
 
 
-def status_from(source: str, port: int, path: str) -> int:
-    """The status nginx answers ``path`` with to a client at loopback address ``source``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        status_line = sock.makefile("rb").readline().decode()
-    return int(status_line.split()[1])
-
-
 def test_nginx_outwaits_the_ping_cycle_of_a_websocket() -> None:
     """A live connection may be quiet for a ping interval plus a ping timeout: nginx must not cut it sooner."""
-    block = re.search(r"location /socket\.io/ \{(.*?)\n    \}", NGINX_SITE.read_text(), re.DOTALL)
-    assert block, "no location /socket.io/"
+    block = site_location("/socket.io/")
     config = Config.from_env({"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0", "GATEWAY_JWT_SECRET": SECRET})
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
-        (value,) = re.findall(rf"^\s*{directive} (\w+);", block[1], re.MULTILINE)
+        (value,) = site_directives(directive, block)
         assert seconds(value) > config.ping_interval + config.ping_timeout, directive
+
+
+def test_nginx_logs_paths_and_never_query_strings() -> None:
+    """Tokens may come in the query string: every server logs with a format that has the path alone."""
+    site = NGINX_SITE.read_text()
+    formats = re.findall(r"^log_format (\S+) (.*?);\n", site, re.MULTILINE | re.DOTALL)
+    assert [name for name, _ in formats] == ["push_gateway"]
+    logged = set(re.findall(r"\$(\w+)", re.sub(r"#.*", "", formats[0][1])))
+    assert "uri" in logged and {"remote_addr", "status", "request_time", "upstream_addr", "http_user_agent"} <= logged
+    assert not logged & QUERY_VARIABLES and not any(name.startswith("arg_") for name in logged), logged
+    # Each server block says where and how it logs, so nginx.conf's http-level access_log (combined) never applies.
+    servers = len(re.findall(r"^server \{", site, re.MULTILINE))
+    assert [line.split()[1:] for line in site_directives("access_log")] == [["push_gateway"]] * servers
+
+
+def test_nginx_limits_each_address_and_lets_only_named_hosts_read_metrics() -> None:
+    block = site_location("/socket.io/")
+    (connections,) = site_directives("limit_conn", block)
+    (handshakes,) = site_directives("limit_req", block)
+    burst = re.fullmatch(r"zone=\S+ burst=(\d+) nodelay", handshakes)
+    assert burst, handshakes
+    # Every client behind one address (up to the connection cap) can reconnect at once after a machine stops.
+    assert int(burst[1]) >= int(connections.split()[1])
+    assert site_directives("limit_conn_status", block) == site_directives("limit_req_status", block) == ["429"]
+    allowed = site_directives("allow", site_location("= /metrics"))
+    assert {"127.0.0.1", "::1"} <= set(allowed)
+    assert [address for address in allowed if ipaddress.ip_network(address).num_addresses != 1] == []
+    assert site_directives("deny", site_location("= /metrics")) == ["all"]
 
 
 @needs_nginx
@@ -429,30 +596,126 @@ def test_nginx_passes_probes_keeps_metrics_private_and_checks_origins(
 ) -> None:
     gateway = start_gateway()
     nginx = start_nginx([gateway])
-    assert requests.get(nginx.url + "/healthz", timeout=5).json() == {"status": "ok"}
-    assert requests.get(nginx.url + "/readyz", timeout=5).json() == {"status": "ready"}
-    assert requests.get(nginx.url + "/anything-else", timeout=5).status_code == 404
-    metrics = requests.get(nginx.url + "/metrics", timeout=5)
+    assert nginx.get("/healthz").json() == {"status": "ok"}
+    assert nginx.get("/readyz").json() == {"status": "ready"}
+    assert nginx.get("/anything-else").status_code == 404
+    metrics = nginx.get("/metrics")
     assert metrics.status_code == 200 and "gateway_" in metrics.text
     # 127.0.0.2 is this machine too, but not an address the site lets read /metrics.
-    assert status_from("127.0.0.2", nginx.port, "/metrics") == 403
-    assert status_from("127.0.0.2", nginx.port, "/healthz") == 200
+    assert nginx.status_from("127.0.0.2", "/metrics") == 403
+    assert nginx.status_from("127.0.0.2", "/healthz") == 200
     # A page of the same origin connects: the client sends Origin: <nginx url>, and the gateway's same-origin
-    # check passes only because nginx hands on Host (port included) and X-Forwarded-Proto ...
+    # check passes only because nginx hands on Host (port included) and X-Forwarded-Proto (https) ...
     user = unique_user()
-    client = Client(nginx.url, gateway.token(user), user=user).connect()
+    client = nginx.client(gateway.token(user), user=user).connect()
     assert client.subscribe("balance")["topics"]["balance"]["seq"] == 0
     client.close()
     # ... and a page of another origin does not (the WebSocket is upgraded, then closed without an Engine.IO
     # open packet, which python-engineio reports as a ValueError).
-    stranger = Client(nginx.url, gateway.token(user), user=user,
-                      websocket_extra_options={"origin": "http://elsewhere.example"})
+    stranger = nginx.client(gateway.token(user), user=user, websocket_extra_options={"origin": "https://elsewhere.example"})
     with pytest.raises((socketio.exceptions.ConnectionError, ValueError)):
         stranger.connect()
     assert not stranger.sio.connected
     # A client's mistake: counted, and kept out of the error log.
     refused = 'gateway_connect_refused_total{reason="bad_origin"} 1.0'
     wait_for(lambda: refused in gateway.http("/metrics").text, 5, "the refused origin counted")
+    assert unclean_lines(gateway.log()) == []
+
+
+@needs_nginx
+def test_nginx_sends_plain_http_to_https_and_tells_browsers_to_stay_there(
+    start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
+) -> None:
+    nginx = start_nginx([start_gateway()])
+    # Every plain request, a ws:// handshake included, is sent to the same path and query over https.
+    for path, headers in [(HANDSHAKE, UPGRADE), (HANDSHAKE, {}), ("/healthz", {}), ("/metrics", {}), ("/", {})]:
+        response = requests.get(nginx.plain_url + path, headers=headers, allow_redirects=False, timeout=5)
+        assert (response.status_code, response.headers["Location"]) == (301, "https://127.0.0.1" + path), path
+        assert "Strict-Transport-Security" not in response.headers  # meaningless, and ignored, over http
+    # Every https answer, errors included, carries HSTS for at least a year.
+    for path, status in [("/healthz", 200), ("/anything-else", 404)]:
+        response = nginx.get(path)
+        assert response.status_code == status
+        max_age = re.fullmatch(r"max-age=(\d+)", response.headers["Strict-Transport-Security"])
+        assert max_age and int(max_age[1]) >= 365 * 24 * 3600, response.headers["Strict-Transport-Security"]
+    # TLS 1.2 and 1.3 both serve.
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.create_default_context(cafile=str(nginx.ca))
+        context.minimum_version = context.maximum_version = version
+        with (socket.create_connection(("127.0.0.1", nginx.port), timeout=5) as raw,
+              context.wrap_socket(raw, server_hostname="127.0.0.1") as sock):
+            assert sock.version() == version.name.replace("v1_", "v1.")
+
+
+@needs_nginx
+def test_nginx_keeps_query_string_tokens_out_of_its_logs(
+    start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
+) -> None:
+    gateway = start_gateway()
+    nginx = start_nginx([gateway])
+    user = unique_user()
+    token = gateway.token(user)
+    # A client that sends its token in the query string, as CONTRACT.md section 3 allows ...
+    client = nginx.client(None, user=user, url=f"{nginx.url}?token={token}").connect()
+    assert client.subscribe("balance")["topics"]["balance"]["seq"] == 0
+    client.close()
+    # ... and one that tries ws:// first and is redirected.
+    plain = requests.get(f"{nginx.plain_url}{HANDSHAKE}&token={token}", allow_redirects=False, timeout=5)
+    assert plain.status_code == 301
+
+    def handshakes_logged() -> str:  # nginx writes a WebSocket's line when it closes
+        text = nginx.access_log.read_text() if nginx.access_log.exists() else ""
+        return text if text.count("/socket.io/") >= 2 else ""
+
+    log = wait_for(handshakes_logged, 10, "both handshakes in the access log")
+    assert token not in log and "token=" not in log and "EIO=" not in log
+    # Each with the path, and what an operator needs: address, time, status, bytes, duration, gateway, client.
+    websocket_line = r'^127\.0\.0\.1 \[\S+\] "GET /socket\.io/ HTTP/1\.1" 101 \d+ [\d.]+ upstream=127\.0\.0\.1:\d+ '
+    assert re.search(websocket_line, log, re.MULTILINE), log
+    assert re.search(r'"GET /socket\.io/ HTTP/1\.1" 301 \d+ [\d.]+ upstream=- .*"python-requests/', log), log
+    # nginx.conf's own access_log, with the combined format, was not used by the site's servers.
+    assert "/socket.io/" not in nginx.default_access_log.read_text()
+    assert token not in nginx.errors() and token not in gateway.log()
+
+
+@needs_nginx
+def test_nginx_refuses_handshakes_over_the_rate_of_one_address_only(
+    start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
+) -> None:
+    gateway = start_gateway()
+    nginx = start_nginx([gateway])
+    (handshakes,) = site_directives("limit_req", site_location("/socket.io/"))
+    burst = int(handshakes.split("burst=")[1].split()[0])
+    statuses: list[int] = []
+
+    def refused() -> bool:  # one quick handshake from 127.0.0.2, closed as soon as it is answered
+        statuses.append(nginx.status_from("127.0.0.2", HANDSHAKE, upgrade=True))
+        return statuses[-1] == 429
+
+    wait_for(refused, 30, "a 429 for 127.0.0.2 past its burst", interval=0)
+    # The whole burst got through at once; only then were handshakes refused.
+    assert len(statuses) > burst and 429 not in statuses[:burst], Counter(statuses)
+    # Another address is not affected, and neither are the probes of the limited one.
+    assert nginx.handshake(source="127.0.0.3") == (101, True)
+    assert nginx.status_from("127.0.0.2", "/healthz") == 200
+    assert unclean_lines(gateway.log()) == []
+
+
+@needs_nginx
+def test_nginx_sets_x_forwarded_host_itself(
+    start_gateway: StartGateway, start_nginx: Callable[[list[GatewayProcess]], Nginx]
+) -> None:
+    """The gateway accepts the origin X-Forwarded-Proto://X-Forwarded-Host: a client's own header must not count."""
+    gateway = start_gateway()
+    nginx = start_nginx([gateway])
+    forged = ["X-Forwarded-Host: evil.example"]
+    assert nginx.handshake() == (101, True)  # a page of the site's own origin
+    assert nginx.handshake(header=forged) == (101, True)  # a forged header changes nothing for it ...
+    for origin in ("https://evil.example", "http://evil.example"):  # ... and opens nothing for another origin
+        status, opened = nginx.handshake(origin=origin, header=forged)
+        # Refused: a 400, or (gevent-websocket upgrades before the application answers) an upgrade that closes
+        # without Engine.IO's open packet.
+        assert status in (101, 400) and not opened, origin
     assert unclean_lines(gateway.log()) == []
 
 
@@ -488,8 +751,8 @@ class Crowd:
 
     def join(self, topic: str) -> None:
         user = unique_user()
-        client = Client(self.nginx.url, self.gateway.token(user), user=user, reconnection=True,
-                        reconnection_delay=0.5, reconnection_delay_max=1.0)
+        client = self.nginx.client(self.gateway.token(user), user=user, reconnection=True,
+                                   reconnection_delay=0.5, reconnection_delay_max=1.0)
         client.sio.on("connect", lambda: self.connects.update([user]))
         self.clients[user] = client.connect()  # with Origin: <nginx url>, as a page of the same origin would
         client.subscribe(topic)
