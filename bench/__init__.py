@@ -2,17 +2,19 @@
 
 One run starts a private redis-server, then for each system under test a real
 gunicorn, a pool of paced publisher processes and asyncio load-generator
-processes, and measures three scenarios with the same load generator:
+processes, and measures four scenarios with the same load generator:
 
 1. connections: how many clients one instance holds, and memory per connection;
 2. latency: publish-to-receive latency at a fixed rate (1,000 updates/s);
-3. max sustained rate: the highest stepped rate still delivered (>= 99 %,
+3. hostile neighbour: the same latency while one more client sends messages
+   of the largest size allowed as fast as it can;
+4. max sustained rate: the highest stepped rate still delivered (>= 99 %,
    p99 < 500 ms), what the first overload loses or duplicates, and whether
    delivery recovers after it.
 
 Modules: :mod:`bench.runner` (the scenarios), :mod:`bench.loadgen` (the
-clients), :mod:`bench.publish` (the publishers), :mod:`bench.systems` (the
-servers and their processes), :mod:`bench.stats` (lost, duplicated,
-percentiles), :mod:`bench.report` (table and JSON), :mod:`bench.baseline`
-(the baseline app).
+clients), :mod:`bench.hostile` (the flooding client), :mod:`bench.publish`
+(the publishers), :mod:`bench.systems` (the servers and their processes),
+:mod:`bench.stats` (lost, duplicated, percentiles), :mod:`bench.report`
+(tables and JSON), :mod:`bench.baseline` (the baseline app).
 """

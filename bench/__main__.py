@@ -66,6 +66,8 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
 @_knob("--step-seconds", click.FloatRange(0.5), "Seconds per rate step.")
 @click.option("--confirm/--no-confirm", default=None,
               help="Measure a failing rate step once more before calling it the limit [default: confirm].")
+@click.option("--hostile/--no-hostile", default=None,
+              help="Measure the latency window again while one client floods the server [default: hostile].")
 @_knob("--publishers", click.IntRange(1, 32), "Most publisher processes.")
 @_knob("--publisher-rate", click.IntRange(100), "Updates/s asked of one publisher process before another is added.")
 @_knob("--publisher-threads", click.IntRange(1, 64), "Threads per publisher process, each with a publish in flight.")
@@ -100,6 +102,9 @@ def main(quick: bool, systems: str | None, rates: str | None, output: Path, log_
     click.echo(report.steps(results))
     click.echo()
     click.echo(report.table(results))
+    if hostile := report.hostile_table(results):
+        click.echo()
+        click.echo(hostile)
     click.echo(f"\n{len(results)} systems in {seconds:.0f} s; JSON in {output}")
 
 

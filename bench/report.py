@@ -11,11 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.runner import DELIVERED_MIN, DROP_SECONDS, P99_MAX_MS, Plan, RateSearch, Step, SystemResult
+from bench.runner import DELIVERED_MIN, DROP_SECONDS, P99_MAX_MS, Neighbour, Plan, RateSearch, Step, SystemResult
 
 COLUMNS = (
     "system", "workers", "connections", "KB/conn", "p50 ms", "p99 ms", "p99.9 ms", "lost@1k", "dup@1k", "us/update",
     "max rate/s", "lost", "duplicated", "recovered", "drop s",
+)
+#: The hostile neighbour's table: the honest clients' latency beside the quiet one, and what the flood got to send.
+HOSTILE_COLUMNS = (
+    "system", "workers", "p99 quiet ms", "p99 hostile ms", "ratio", "p50 ms", "p99.9 ms", "lost", "dup",
+    "flood MiB", "flood msgs", "cut", "sessions",
 )
 
 
@@ -43,9 +48,49 @@ def max_rate(search: RateSearch) -> str:
     return str(search.max_sustained)
 
 
+def p99_ratio(result: SystemResult) -> float | None:
+    """The honest clients' p99 beside the hostile neighbour over their quiet p99."""
+    if result.hostile is None:
+        return None
+    quiet, hostile = result.latency.tally.p99_ms, result.hostile.step.tally.p99_ms
+    if not (math.isfinite(quiet) and math.isfinite(hostile)) or quiet <= 0:
+        return None
+    return round(hostile / quiet, 2)
+
+
+def hostile_row(result: SystemResult, neighbour: Neighbour) -> list[str]:
+    """One system's line of the hostile neighbour: latency quiet and flooded, what the flood sent."""
+    lat, flood = neighbour.step.tally, neighbour.flood
+    ratio = p99_ratio(result)
+    return [
+        result.system, str(result.workers), _number(result.latency.tally.p99_ms), _number(lat.p99_ms),
+        f"{_number(ratio)}x" if ratio is not None else "-", _number(lat.p50_ms), _number(lat.p999_ms),
+        str(lat.lost), str(lat.duplicated), _number(flood.bytes / 2**20), str(flood.messages), str(flood.cuts),
+        str(flood.sessions),
+    ]
+
+
+def hostile_rows(results: list[SystemResult]) -> list[list[str]]:
+    return [hostile_row(result, result.hostile) for result in results if result.hostile is not None]
+
+
 def table(results: list[SystemResult]) -> str:
-    rows = [list(COLUMNS), *(row(result) for result in results)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return _grid(COLUMNS, [row(result) for result in results])
+
+
+def hostile_table(results: list[SystemResult]) -> str:
+    """The hostile neighbour's table under a title line; empty when the scenario did not run."""
+    sizes = sorted({result.hostile.flood.size for result in results if result.hostile is not None})
+    if not sizes:
+        return ""
+    title = f"hostile neighbour: the latency window again while one client sends {'/'.join(map(str, sizes))}-byte " \
+            "messages as fast as it can"
+    return f"{title}\n{_grid(HOSTILE_COLUMNS, hostile_rows(results))}"
+
+
+def _grid(columns: tuple[str, ...], body: list[list[str]]) -> str:
+    rows = [list(columns), *body]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -65,6 +110,9 @@ def steps(results: list[SystemResult]) -> str:
             f"stopped after SIGTERM in {', '.join(f'{k} {v:g} s' for k, v in result.stop_seconds.items())}"
         )
         lines.append(f"  latency   {_step(result.latency)}")
+        if result.hostile is not None:
+            lines.append(f"  hostile   {_step(result.hostile.step)}")
+            lines.append(f"  flood     {result.hostile.flood.describe()}")
         for step in result.rate.steps:
             lines.append(f"  step      {_step(step)}")
         if result.rate.recovery is not None:
@@ -90,6 +138,7 @@ def document(plan: Plan, results: list[SystemResult], seconds: float, command: l
         "criteria": {"delivered_min": DELIVERED_MIN, "p99_max_ms": P99_MAX_MS},
         "plan": dataclasses.asdict(plan),
         "table": {"columns": list(COLUMNS), "rows": [row(result) for result in results]},
+        "hostile_table": {"columns": list(HOSTILE_COLUMNS), "rows": hostile_rows(results)},
         "results": [_result(result) for result in results],
     })
     return doc
@@ -109,6 +158,11 @@ def _result(result: SystemResult) -> dict[str, Any]:
     for plain, step in zip(data["rate"]["steps"], result.rate.steps, strict=True):
         _derived(plain, step)
     data["rate"]["recovered"] = result.rate.recovered
+    if result.hostile is not None:
+        _derived(data["hostile"]["step"], result.hostile.step)
+        data["hostile"]["p99_quiet_ms"] = result.latency.tally.p99_ms
+        data["hostile"]["p99_ratio"] = p99_ratio(result)
+        data["hostile"]["flood"]["mib_per_s"] = result.hostile.flood.mib_per_s
     return data
 
 

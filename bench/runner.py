@@ -1,9 +1,10 @@
 """The scenarios, run against each system under test in turn.
 
-For every system: (1) connections, on a fresh server; then (2) latency and
-(3) the rate search, on another fresh server with ``users`` clients. Every
-process started here (redis-server, gunicorn, publishers, load generators)
-is stopped by its PID on the way out, on success, error or Ctrl-C.
+For every system: (1) connections, on a fresh server; then (2) latency,
+(3) latency again beside a hostile neighbour and (4) the rate search, on
+another fresh server with ``users`` clients. Every process started here
+(redis-server, gunicorn, publishers, load generators, the hostile client) is
+stopped by its PID on the way out, on success, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.child import BenchError
+from bench.hostile import Flooded, HostileClient
 from bench.loadgen import LoadGen
-from bench.publish import NICENESS, TOPIC, PublisherPool
+from bench.publish import NICENESS, START_DELAY, TOPIC, PublisherPool, Sent
 from bench.stats import Tally, tally
 from bench.systems import CpuMeter, SystemSpec, Usage, new_server, open_sockets, rss_kb, stop_server
 from tests.integration.support import GatewayProcess, RedisServer, unclean_lines
@@ -39,6 +41,8 @@ PUBLISHER_GAIN = 1.1
 BUSY_MACHINE = 25.0
 #: Seconds the server may take to handle every disconnect once all clients closed.
 DROP_SECONDS = 180.0
+#: Seconds the hostile client floods at most beyond its window, should nobody end it.
+FLOOD_MARGIN = 60.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -67,6 +71,7 @@ class Plan:
     connect_seconds: float = 180.0
     quiet_seconds: float = 2.0
     drain_seconds: float = 30.0
+    hostile: bool = True
     log_level: str = "INFO"
 
     def quick(self) -> Plan:
@@ -142,12 +147,24 @@ class RateSearch:
 
 
 @dataclass(frozen=True)
+class Neighbour:
+    """The latency window measured again while a hostile client floods the same server."""
+
+    step: Step
+    flood: Flooded
+    #: Honest clients connected once the flood had ended, and how many there are.
+    connected_after: int
+    clients: int
+
+
+@dataclass(frozen=True)
 class SystemResult:
     system: str
     workers: int
     connections: Connections
     latency: Step
     rate: RateSearch
+    hostile: Neighbour | None = None
     stop_seconds: dict[str, float] = field(default_factory=dict)
     log_problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -196,11 +213,12 @@ def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, site: Site) -
         log.info("%s: latency, %d users, %d updates/s for %g s", spec.label, plan.users, plan.latency_rate,
                  plan.latency_seconds)
         latency = windows.measure(plan.latency_rate, plan.latency_seconds)
+        hostile = measure_hostile(windows, server, site, spec) if plan.hostile else None
         rate = find_max_rate(windows, plan, spec)
     problems = unclean_lines(server.log())
     if problems:
         log.warning("%s: %d log lines with errors or warnings, first: %s", spec.label, len(problems), problems[0])
-    return SystemResult(spec.name, spec.workers, connections, latency, rate, stops, problems[:20],
+    return SystemResult(spec.name, spec.workers, connections, latency, rate, hostile, stops, problems[:20],
                         round(time.monotonic() - started, 1))
 
 
@@ -255,6 +273,36 @@ def measure_connections(
     )
 
 
+def measure_hostile(windows: Windows, server: GatewayProcess, site: Site, spec: SystemSpec) -> Neighbour:
+    """The latency window again, while one more client floods the server with messages of the largest size.
+
+    The size is ``GATEWAY_MAX_MESSAGE_BYTES`` of the server's own
+    configuration (the baseline reads the same environment). The flood starts
+    before the window and ends with its publishing; the drain then counts
+    what the flood delayed beyond it. A server may still be reading the flood
+    then and deliver nothing for seconds, so the drain waits for every update
+    (``plan.drain_seconds`` at most) rather than stopping at a silence. Then
+    the honest clients dropped meanwhile, if any, get the time to reconnect
+    before the next scenario.
+    """
+    plan = windows.plan
+    size = server.config.max_message_bytes
+    log.info("%s: hostile neighbour, %d updates/s for %g s while one client sends messages of %d bytes",
+             spec.label, plan.latency_rate, plan.latency_seconds, size)
+    with HostileClient(server.url, site.secret, size, plan.log_level) as hostile:
+        flooded = windows.with_group("hostile", [hostile.pid])
+        hostile.begin(START_DELAY + plan.latency_seconds + FLOOD_MARGIN)
+        published = flooded.publish(plan.latency_rate, plan.latency_seconds)
+        flood = hostile.end()
+    step = flooded.settle(published, quiet=plan.drain_seconds)
+    log.info("%s: hostile client: %s", spec.label, flood.describe())
+    status = windows.await_connected()
+    if status["connected"] < status["clients"]:
+        log.warning("%s: after the flood only %d of %d clients are connected", spec.label, status["connected"],
+                    status["clients"])
+    return Neighbour(step, flood, int(status["connected"]), int(status["clients"]))
+
+
 def until(condition: Callable[[], bool], seconds: float, interval: float = 0.1) -> bool:
     """Wait until ``condition()`` holds, ``seconds`` at most; whether it does."""
     deadline = time.monotonic() + seconds
@@ -280,6 +328,16 @@ def _meter(server: GatewayProcess, redis: RedisServer, pool: PublisherPool, load
     return CpuMeter(groups)
 
 
+@dataclass(frozen=True)
+class Published:
+    """A window's publishing done: what was sent, and the CPU each group used meanwhile (s, and % of a core)."""
+
+    sent: Sent
+    usage: Usage
+    cpu: dict[str, float]
+    waited: dict[str, float]
+
+
 class Windows:
     """Measures windows: publish at a rate, drain, tally, and the CPU it took."""
 
@@ -291,6 +349,10 @@ class Windows:
         self.plan = plan
 
     def measure(self, rate: float, seconds: float) -> Step:
+        return self.settle(self.publish(rate, seconds))
+
+    def publish(self, rate: float, seconds: float) -> Published:
+        """The first half of a window: forget what was received, publish, read the CPU used meanwhile."""
         self.loadgen.reset()
         before, started = self.meter.read(), time.monotonic()
         sent = self.pool.run(self.users, rate, seconds)
@@ -300,15 +362,31 @@ class Windows:
         if cpu["other"] > BUSY_MACHINE:
             log.warning("other processes used %g %% of a core meanwhile: these figures are pessimistic",
                         cpu["other"])
-        received = self.loadgen.drain(sent.ranges, self.plan.quiet_seconds, self.plan.drain_seconds)
         if sent.errors or sent.gaps:
             log.warning("publishers: %d errors, %d seqs published by someone else", sent.errors, sent.gaps)
-        step = Step(tally(sent, received), cpu, usage.ran, waited, sent.processes, int(received.status["connected"]))
+        return Published(sent, usage, cpu, waited)
+
+    def settle(self, published: Published, quiet: float | None = None) -> Step:
+        """The second half: drain what was published, and tally it.
+
+        The drain ends early after ``quiet`` seconds without an arrival
+        (``plan.quiet_seconds`` unless given).
+        """
+        sent = published.sent
+        quiet = self.plan.quiet_seconds if quiet is None else quiet
+        received = self.loadgen.drain(sent.ranges, quiet, self.plan.drain_seconds)
+        step = Step(tally(sent, received), published.cpu, published.usage.ran, published.waited, sent.processes,
+                    int(received.status["connected"]))
         log.info("%s", step.describe())
         return step
 
     def await_connected(self) -> dict[str, Any]:
         return self.loadgen.await_connected(self.plan.drain_seconds)
+
+    def with_group(self, name: str, pids: list[int]) -> Windows:
+        """The same windows, with one more group of processes in the CPU reading."""
+        meter = CpuMeter({**self.meter.groups, name: pids})
+        return Windows(self.loadgen, self.pool, self.users, meter, self.plan)
 
 
 def find_max_rate(windows: Windows, plan: Plan, spec: SystemSpec) -> RateSearch:

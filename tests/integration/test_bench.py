@@ -1,8 +1,9 @@
 """``make bench`` still runs: both systems, end to end, at toy size.
 
 Only what the benchmark must get right is asserted (every client connected,
-every update delivered once, clean server logs, the table printed); its
-figures are for ``make bench`` to report, never for a test to judge.
+every update delivered once, clean server logs, the tables printed, the
+hostile neighbour run and reported); its figures are for ``make bench`` to
+report, never for a test to judge.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def test_bench_runs_both_systems_and_delivers_every_update_once(tmp_path: Path) 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "gateway" in run.stdout and "baseline" in run.stdout
+    assert "p99 hostile ms" in run.stdout
     results = json.loads(output.read_text())["results"]
     assert [(r["system"], r["workers"]) for r in results] == [("gateway", 1), ("baseline", 1)]
     for result in results:
@@ -37,4 +39,11 @@ def test_bench_runs_both_systems_and_delivers_every_update_once(tmp_path: Path) 
             assert tally["published"] > 0
             assert (tally["lost"], tally["duplicated"]) == (0, 0)
             assert tally["delivered"] == tally["published"]
+        hostile = result["hostile"]
+        assert hostile["step"]["tally"]["published"] > 0
+        flood = hostile["flood"]
+        assert flood["sessions"] >= 1 and flood["messages"] > 0
+        assert flood["bytes"] == flood["messages"] * flood["size"]
+        assert {"cuts", "failed", "reasons", "seconds"} <= flood.keys()
+        assert {"p99_quiet_ms", "p99_ratio", "connected_after"} <= hostile.keys()
         assert result["log_problems"] == []
