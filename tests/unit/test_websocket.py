@@ -11,26 +11,9 @@ import pytest
 
 from gateway.inbound import InboundLimits
 from gateway.websocket import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, WebSocket, frame_header, unmask
+from tests.integration.rawws import frame  # the raw client's frames: masked, or not, as a test says
 
 LIMIT = 1024
-
-
-def frame(payload: bytes | str, opcode: int = TEXT, *, fin: bool = True, mask: bool = True, rsv: int = 0,
-          length: int | None = None) -> bytes:
-    data = payload.encode() if isinstance(payload, str) else payload
-    size = len(data) if length is None else length
-    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    bit = 0x80 if mask else 0
-    if size < 126:
-        head.append(bit | size)
-    elif size < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", size)
-    if not mask:
-        return bytes(head) + data
-    key = os.urandom(4)
-    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(data))
 
 
 class Peer:
