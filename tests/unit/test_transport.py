@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,3 +97,13 @@ def test_run_pings_until_stopped() -> None:
     stopping.set()
     thread.join(5)
     assert connection.sent == [eio_packet.PING] and not thread.is_alive()
+
+
+def test_a_connection_that_ended_is_not_kept_alive_until_its_ping() -> None:
+    pinger = Pinger(StandInServer(ping_interval=25))
+    connection = StandIn(pinger.eio)
+    pinger.schedule(connection)
+    gone = weakref.ref(connection)
+    del connection
+    assert gone() is None, "the timetable kept an ended connection alive"
+    assert pinger.send_due(time.monotonic() + 30) == 0 and pinger.waiting == 0
