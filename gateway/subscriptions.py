@@ -141,16 +141,22 @@ class Registry:
         start = len(worker_id) + 1
         return {text(conn)[start:]: text(user) for conn, user in held.items()}
 
-    def drop_worker(self, worker_id: str) -> int:
+    def drop_worker(self, worker_id: str, batch: int = 500) -> int:
         """Remove every record of ``worker_id``; return how many connections it held.
 
         Each connection is released by its own atomic script, so a drop that
         Redis interrupts half-way leaves only whole connections behind, and
-        running it again finishes the job.
+        running it again finishes the job. The scripts are pipelined ``batch``
+        at a time: a worker that held 10,000 connections is dropped in 20
+        round trips, not 10,000.
         """
         held = self.connections(worker_id)
-        for sid in held:
-            self.release(sid, worker_id=worker_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for count, sid in enumerate(held, 1):
+                self._release(args=[self.prefix, worker_id, connection_id(worker_id, sid)], client=pipe)
+                if count % batch == 0:
+                    pipe.execute()
+            pipe.execute()
         self._forget_worker(args=[self.prefix, worker_id])
         return len(held)
 
