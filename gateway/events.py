@@ -119,6 +119,8 @@ class Gateway:
         self.connections: dict[str, Connection] = {}
         self.releases = Releases(registry)
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
+        #: set when the worker stops: its records then go all at once (Registry.drop_worker)
+        self.worker_stopping = False
 
     def held(self) -> Iterator[tuple[str, str, set[str]]]:
         """Every live connection: ``(sid, user, topics)``."""
@@ -185,7 +187,8 @@ class Gateway:
         if connection.watching:
             connection.watching = False
             self.fanout.unwatch(connection.user)
-        self.releases.release(sid, user=connection.user)
+        if not self.worker_stopping:  # a stopping worker drops every record in a few round trips instead
+            self.releases.release(sid, user=connection.user)
 
     @answers
     def subscribe(self, payload: object = None, *_extra: object) -> Ack:

@@ -37,7 +37,8 @@ from gateway import metrics
 from gateway.errors import ClientMistake
 from gateway.inbound import NAMESPACE, socketio_refusal
 from gateway.mistakes import client_mistake
-from gateway.websocket import POLICY_VIOLATION, WebSocket
+from gateway.transport import cut_session
+from gateway.websocket import POLICY_VIOLATION
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,7 @@ class SessionGuard:
     def cut(self, eio_sid: str) -> None:
         """End a session that broke the protocol: nothing more is sent but a close frame (1008)."""
         self.unauthenticated.pop(eio_sid, None)
-        ws = self.server.environ.get(eio_sid, {}).get("wsgi.websocket")
-        session = self.eio.sockets.get(eio_sid)
-        if session is not None:
-            session.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
-        if isinstance(ws, WebSocket):
-            ws.close(POLICY_VIOLATION)
+        cut_session(self.server, eio_sid, POLICY_VIOLATION)
 
     # The deadline to authenticate, and the report.
 

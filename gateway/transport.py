@@ -264,10 +264,27 @@ class OutboundLimit:
             return
         metrics.SEND_FAILURES.labels(reason="slow_client").inc()
         log.info("client cut off: %d packets queued and unread", self.limit, extra={"sid": eio_sid})
-        ws = self.server.environ.get(eio_sid, {}).get("wsgi.websocket")
-        connection.close(wait=False, abort=True)
-        if isinstance(ws, WebSocket):
+        cut_session(self.server, eio_sid)
+
+
+def cut_session(server: Any, eio_sid: str, code: int | None = None) -> None:
+    """End one session of a Socket.IO ``server`` now, whatever it has queued.
+
+    The Engine.IO session is closed without a close packet (the client sees
+    a transport close and reconnects), then the WebSocket: with a close frame
+    of ``code`` (a protocol violation), or, with no code, by cutting the TCP
+    connection, so that a client that no longer reads or answers is not
+    waited for.
+    """
+    ws = server.environ.get(eio_sid, {}).get("wsgi.websocket")
+    session = server.eio.sockets.get(eio_sid)
+    if session is not None:
+        session.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
+    if isinstance(ws, WebSocket):
+        if code is None:
             ws.abort()
+        else:
+            ws.close(code)
 
 
 class Pinger:

@@ -28,7 +28,7 @@ from gateway.fanout import FanoutManager
 from gateway.inbound import InboundLimits
 from gateway.sessions import SessionGuard
 from gateway.subscriptions import Registry
-from gateway.transport import Handler, Pinger, upgrade_refusal
+from gateway.transport import Handler, Pinger, cut_session, upgrade_refusal
 from gateway.websocket import WebSocket
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class GatewayWorker:
         self.stopping.set()
         _stop_accepting()
         self.fanout.stop()
+        self.gateway.worker_stopping = True
         closed = self._close_clients()
         try:
             dropped = self.registry.drop_worker(self.worker_id)
@@ -171,12 +172,13 @@ class GatewayWorker:
             log.exception("could not remove this worker's records", extra={"worker": self.worker_id})
             return
         log.info(
-            "worker stopped: %d clients sent away, %d records left to remove", closed, dropped,
+            "worker stopped: %d clients sent away, the records of %d connections removed", closed, dropped,
             extra={"worker": self.worker_id},
         )
 
     def _close_clients(self) -> int:
-        sockets = list(self.socketio.server.eio.sockets.values())
-        for connection in sockets:
-            connection.close(wait=False, abort=True)
-        return len(sockets)
+        server = self.socketio.server
+        sessions = list(server.eio.sockets)
+        for eio_sid in sessions:
+            cut_session(server, eio_sid)
+        return len(sessions)
