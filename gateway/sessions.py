@@ -13,7 +13,9 @@
   closed (``pending_evicted``): an honest client authenticates within a
   round trip, so it is the one that stays;
 - **a refused CONNECT ends the session**: the client gets ``connect_error``
-  with the reason, then the Engine.IO session closes, leaving nothing behind;
+  with the reason; a client library then disconnects by itself, and a
+  session still open :data:`REFUSED_GRACE_SECONDS` later is closed, leaving
+  nothing behind;
 - **a packet the protocol does not allow ends the session**: binary data, a
   malformed Socket.IO packet (:class:`StrictPacket`), an event before the
   CONNECT. Each is counted by reason, never logged as a traceback.
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_UNAUTHENTICATED = 2000
 #: Seconds between two reports of the sessions held, and most a deadline may pass unseen.
 REPORT_SECONDS = 1.0
+#: Seconds a session refused at CONNECT has to leave by itself before it is closed. Closing it at
+#: once races python-engineio's client, which is disconnecting too, and then waits 90 s for its writer.
+REFUSED_GRACE_SECONDS = 1.0
 
 
 class StrictPacket(sio_packet.Packet):  # type: ignore[misc]
@@ -92,6 +97,8 @@ class SessionGuard:
         self.max_unauthenticated = max_unauthenticated
         #: eio sid -> monotonic deadline of its CONNECT, oldest first (every deadline is as long)
         self.unauthenticated: dict[str, float] = {}
+        #: eio sid -> when a session refused at CONNECT is closed, oldest first (every grace is as long)
+        self.refused: dict[str, float] = {}
         self._handlers: dict[str, Callable[..., Any]] = {}
 
     def install(self) -> None:
@@ -130,15 +137,18 @@ class SessionGuard:
             self._after_connect_or_disconnect(eio_sid, refused=kind == "0")
 
     def _after_connect_or_disconnect(self, eio_sid: str, refused: bool) -> None:
+        self.refused.pop(eio_sid, None)
         if self.authenticated(eio_sid):
             self.unauthenticated.pop(eio_sid, None)
         elif refused:
-            self.close(eio_sid)  # after the connect_error already queued
-        else:  # the client left the namespace: it may CONNECT again, in time
+            self.refused[eio_sid] = time.monotonic() + REFUSED_GRACE_SECONDS
+        else:  # the client left the namespace: it may CONNECT again, in time (last in line, as the newest)
+            self.unauthenticated.pop(eio_sid, None)
             self.unauthenticated[eio_sid] = time.monotonic() + self.auth_timeout
 
     def _disconnect(self, eio_sid: str, reason: Any = None) -> Any:
         self.unauthenticated.pop(eio_sid, None)
+        self.refused.pop(eio_sid, None)
         return self._handlers["disconnect"](eio_sid, reason)
 
     def authenticated(self, eio_sid: str) -> bool:
@@ -150,6 +160,7 @@ class SessionGuard:
     def close(self, eio_sid: str) -> None:
         """End a session politely: what is queued, then Engine.IO's CLOSE, then the WebSocket close."""
         self.unauthenticated.pop(eio_sid, None)
+        self.refused.pop(eio_sid, None)
         session = self.eio.sockets.get(eio_sid)
         if session is not None:
             session.close(wait=False, abort=False, reason=self.eio.reason.SERVER_DISCONNECT)
@@ -157,6 +168,7 @@ class SessionGuard:
     def cut(self, eio_sid: str) -> None:
         """End a session that broke the protocol: nothing more is sent but a close frame (1008)."""
         self.unauthenticated.pop(eio_sid, None)
+        self.refused.pop(eio_sid, None)
         cut_session(self.server, eio_sid, POLICY_VIOLATION)
 
     # The deadline to authenticate, and the report.
@@ -169,23 +181,27 @@ class SessionGuard:
             stopping.wait(REPORT_SECONDS)
 
     def expire(self, now: float) -> int:
-        """Close every session whose deadline to authenticate passed by ``now``; return how many."""
-        expired = [sid for sid, deadline in self._due(now)]
+        """Close every session refused, or not authenticated in time, by ``now``; return how many."""
+        for eio_sid in _due(self.refused, now):
+            self.close(eio_sid)  # counted when it was refused
+        expired = _due(self.unauthenticated, now)
         for eio_sid in expired:
             client_mistake("auth_timeout", sid=eio_sid)
             self.close(eio_sid)
         return len(expired)
-
-    def _due(self, now: float) -> list[tuple[str, float]]:
-        due = []
-        for eio_sid, deadline in self.unauthenticated.items():
-            if deadline > now:
-                break  # deadlines are in the order sessions opened
-            due.append((eio_sid, deadline))
-        return due
 
     def report(self) -> None:
         held = self.server.manager.rooms.get(NAMESPACE, {}).get(None, {})
         metrics.SESSIONS.labels(state="engineio").set(len(self.eio.sockets))
         metrics.SESSIONS.labels(state="unauthenticated").set(len(self.unauthenticated))
         metrics.SESSIONS.labels(state="socketio").set(len(held))
+
+
+def _due(deadlines: dict[str, float], now: float) -> list[str]:
+    """The sessions whose deadline passed by ``now``; deadlines are in the order they were set."""
+    due = []
+    for eio_sid, deadline in deadlines.items():
+        if deadline > now:
+            break
+        due.append(eio_sid)
+    return due

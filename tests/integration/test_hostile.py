@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import socketio
 
 from gateway.publisher import Publisher
 from tests.integration.rawws import CONTINUATION, RawClient, frame
@@ -290,6 +291,17 @@ def test_every_refused_connect_gets_its_reason_and_ends_the_session(
     assert answer.startswith(b"44"), answer
     assert json.loads(answer[2:])["data"]["reason"] == reason
     assert client.ended()
+    no_sessions_but(hostile, 1)
+
+
+def test_a_client_library_refused_at_connect_leaves_at_once(hostile: GatewayProcess, witness: Client) -> None:
+    """python-socketio disconnects by itself after connect_error; the gateway leaves it the time to, instead of
+    closing at the same moment (which made python-engineio's client wait 90 s for its own writer)."""
+    for _ in range(20):
+        refused = Client(hostile.url, "x.y.z")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            refused.connect()
+        assert refused.refused[0]["reason"] == "invalid_token"
     no_sessions_but(hostile, 1)
 
 
