@@ -36,7 +36,7 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests bench gunicorn.conf.py
+	$(VENV)/bin/ruff check gateway harness tests bench gunicorn.conf.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway

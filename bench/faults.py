@@ -20,7 +20,7 @@ from pathlib import Path
 from gateway.errors import PublishError
 from gateway.publisher import Publisher
 from gateway.subscriptions import Registry
-from tests.integration.support import Client, GatewayProcess, RedisServer, gateway_env, unique_user, wait_for
+from harness.processes import Client, GatewayProcess, RedisServer, gateway_env, unique_user, wait_for
 
 log = logging.getLogger("bench.faults")
 

@@ -25,7 +25,7 @@ from bench.loadgen import LoadGen
 from bench.publish import NICENESS, START_DELAY, TOPIC, PublisherPool, Sent
 from bench.stats import Tally, tally
 from bench.systems import CpuMeter, SystemSpec, Usage, new_server, open_sockets, rss_kb, stop_server
-from tests.integration.support import GatewayProcess, RedisServer, unclean_lines
+from harness.processes import GatewayProcess, RedisServer, unclean_lines
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.support import REPO, GatewayProcess, gateway_env, wait_for
+from harness.processes import REPO, GatewayProcess, gateway_env, wait_for
 
 #: Seconds a server has to start, and to stop, before the run fails.
 START_SECONDS = 30
