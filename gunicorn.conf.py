@@ -6,7 +6,6 @@ stops the master before any worker starts, with one line naming the variable.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +27,10 @@ bind = [_config.bind]
 # accepted it, which is why the transport is WebSocket only with several.
 workers = _config.workers
 
-# The gevent-websocket worker: Flask-SocketIO's WebSocket transport on gevent.
-worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# The gevent-websocket worker (Flask-SocketIO's WebSocket transport on gevent), as the
+# gateway extends it: its own connection handler, its servers known to it, and a stop
+# that starts the moment gunicorn clears the worker's alive flag (gateway/gunicorn_worker.py).
+worker_class = "gateway.gunicorn_worker.Worker"
 
 # Open connections one worker accepts. gunicorn's default of 1000 would cap
 # the gateway at 1000 clients per worker; the file-descriptor limit
@@ -117,32 +118,6 @@ def child_exit(server, worker):
         [sys.executable, "-m", "gateway.cli", "sweep", "--pid", str(worker.pid)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
     )
-
-
-def post_worker_init(worker):
-    """In the worker, once the app is built: lease, listener, and a watch on
-    ``worker.alive`` so that SIGTERM, reload and max-requests send clients away
-    at once instead of after graceful_timeout. Connections are read through
-    gateway.transport.Handler: gevent-websocket's handler with the gateway's
-    own WebSocket (frames judged before they are read), a deadline on request
-    heads, a 1 KiB read buffer, and a cap of worker_connections."""
-    gateway = worker.wsgi.extensions["gateway"]
-    worker.wsgi_handler = gateway.handler_class(worker.worker_connections)
-    gateway.start(alive=lambda: worker.alive)
-    # gunicorn's handlers of the stop signals only clear worker.alive; have the
-    # gateway look at it at once, so that every worker of this gunicorn stops
-    # accepting as soon as the first one sends its clients away.
-    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
-        signal.signal(signum, _and_look_now(signal.getsignal(signum), gateway))
-    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn sets it; signal.signal() resets it
-
-
-def _and_look_now(handler, gateway):
-    def handle(signum, frame):
-        handler(signum, frame)
-        gateway.look_now()
-
-    return handle
 
 
 def worker_exit(server, worker):

@@ -1,15 +1,16 @@
 """One worker's gateway: its parts, and how it starts and stops.
 
-gunicorn calls :meth:`GatewayWorker.start` from ``post_worker_init`` (after
-gevent patched the standard library and the app was built) and
-:meth:`GatewayWorker.stop` from ``worker_exit``. ``start`` also watches the
-worker's ``alive`` flag, so that SIGTERM, a SIGHUP reload and max-requests
-recycling all stop the worker the same way, within a tenth of a second.
+The gateway's gunicorn worker (:mod:`gateway.gunicorn_worker`) calls
+:meth:`GatewayWorker.start` as it starts serving (after gevent patched the
+standard library and the app was built), and gunicorn's ``worker_exit`` hook
+calls :meth:`GatewayWorker.stop`. ``start`` also watches the worker's
+``alive`` flag, which the worker class reports the moment gunicorn clears it,
+so that SIGTERM, a SIGHUP reload and max-requests recycling all stop the
+worker the same way, at once.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -18,13 +19,13 @@ from typing import Any
 
 import redis
 from flask_socketio import SocketIO
-from gevent.baseserver import BaseServer
 from redis.exceptions import RedisError
 
 from gateway.cleanup import Heartbeat
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
+from gateway.gunicorn_worker import stop_accepting
 from gateway.inbound import InboundLimits
 from gateway.sessions import SessionGuard
 from gateway.subscriptions import Registry
@@ -66,19 +67,6 @@ class Draining:
             return []
         start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
         return [b"worker stopping\n"]
-
-
-def _stop_accepting() -> None:
-    """Stop this process's gevent servers from accepting new connections now.
-
-    gunicorn does the same up to a second later; until then a reconnecting
-    client could land on this stopping worker, and socket.io-client notices a
-    connection refused after the WebSocket upgrade only after its 20-second
-    connect timeout. Pending connections stay in the shared listen queue for
-    the other workers. gunicorn keeps no reference to its servers, hence gc.
-    """
-    for server in [obj for obj in gc.get_objects() if isinstance(obj, BaseServer)]:
-        server.stop_accepting()
 
 
 @dataclass
@@ -162,7 +150,7 @@ class GatewayWorker:
             return
         self.stopped = True
         self.stopping.set()
-        _stop_accepting()
+        stop_accepting()
         self.fanout.stop()
         self.gateway.worker_stopping = True
         closed = self._close_clients()
