@@ -22,7 +22,8 @@ clients as it was published: the worker reads its header, never decodes and
 encodes its JSON, and builds one Engine.IO packet for all the room's
 clients. Its counts go to /metrics in batches (:class:`metrics.FanoutTally`).
 
-Ordering and catch-up, per room (one user's topic) on this worker:
+Ordering and catch-up, per room (one user's topic) on this worker, decided
+by :class:`gateway.sequencer.RoomSequencer` without I/O:
 
 - an update is emitted only if its seq is above the last one this worker
   emitted to the room, so nothing reaches a client twice or out of order;
@@ -42,7 +43,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -56,6 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics, protocol
 from gateway.history import Catchup, History
+from gateway.sequencer import NOBODY, Held, RoomSequencer, newer
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +67,6 @@ CONFIRM_SECONDS = 5.0
 #: Seconds the fan-out's counts may wait in memory before they are written to /metrics.
 FLUSH_SECONDS = 0.25
 _UPDATE_MARK = protocol.UPDATE_MARK.encode()
-#: No client to skip.
-_NOBODY: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A live update held back from a client that catches up.
-
-    Either an Engine.IO ``packet`` built once for the room, or a queue
-    message's ``data`` for Socket.IO to encode; ``seq`` when it is an update.
-    """
-
-    seq: int | None
-    event: str
-    data: Any = None
-    packet: eio_packet.Packet | None = None
 
 
 class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
@@ -112,14 +97,10 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.listening = False
         #: set while the listener is subscribed (``listening``), for those who wait on it
         self.receiving = threading.Event()
-        #: room -> the last seq this worker emitted to it
-        self.last_seq: dict[str, int] = {}
+        #: each room's order: its last seq, the clients catching up and what is held for them
+        self.sequencer = RoomSequencer()
         #: the Redis data generation the seqs belong to (see _check_epoch)
         self.epoch: str | None = None
-        #: room -> sid -> updates held back while the sid catches up
-        self._held: dict[str, dict[str, list[Held]]] = {}
-        #: room -> sid -> seq that catch-up sent the sid ahead of the room's live stream
-        self._ahead: dict[str, dict[str, int]] = {}
         #: (namespace, sid) -> the rooms the client is in, None and its own included
         self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
         #: user -> number of local connections that need the user's channel
@@ -330,7 +311,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         if not members or not self._advance(room, topic, seq):
             return False
         packet = eio_packet.Packet(eio_packet.MESSAGE, encode())
-        skip = self._skipped(room, seq, topic, packet=packet)
+        skip = self.sequencer.skip(room, seq, topic, packet=packet)
         sent = 0
         for sid, eio_sid in list(members.items()):
             if sid not in skip:
@@ -341,30 +322,10 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     def _advance(self, room: str, topic: str, seq: int) -> bool:
         """Whether ``seq`` is new to ``room`` (then it becomes the room's last); a repeat is counted as skipped."""
-        if seq <= self.last_seq.get(room, 0):
-            self.tally.skipped[topic] += 1
-            return False
-        self.last_seq[room] = seq
-        return True
-
-    def _skipped(
-        self, room: str, seq: int | None, event: str, *, data: Any = None, packet: eio_packet.Packet | None = None
-    ) -> AbstractSet[str]:
-        """Clients of ``room`` not to send this update now: those catching up (it is held for them) and those ahead.
-
-        Nothing is built for a room where no client catches up, the common case.
-        """
-        held = self._held.get(room)
-        if not held and room not in self._ahead:
-            return _NOBODY
-        skip = set(held or ())
-        if held:
-            item = Held(seq, event, data, packet)
-            for queue in held.values():
-                queue.append(item)
-        if seq is not None and room in self._ahead:
-            skip.update(self._already_sent(room, seq))
-        return skip
+        if self.sequencer.admit(room, seq):
+            return True
+        self.tally.skipped[topic] += 1
+        return False
 
     def _handle_emit(self, message: dict[str, Any]) -> None:
         """A Flask-SocketIO queue message: its payload to the room, unchanged, every time.
@@ -380,9 +341,9 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self.tally.received[label] += 1
         if not members:
             return
-        skip: AbstractSet[str] = _NOBODY
+        skip: AbstractSet[str] = NOBODY
         if isinstance(room, str):
-            skip = self._skipped(room, None, event, data=message.get("data"))
+            skip = self.sequencer.skip(room, None, event, data=message.get("data"))
         if skip:
             message = {**message, "skip_sid": list(skip)}
         super()._handle_emit(message)
@@ -393,51 +354,26 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
         Live updates to ``sid`` in those rooms are held back from the start;
         ``fetch`` (joining rooms, reading Redis) runs; then the missed updates
-        are sent in order, followed by the held ones with a higher seq.
+        are sent in order, followed by the held ones newer than both.
         """
-        for room in rooms:
-            self._held.setdefault(room, {})[sid] = []
+        self.sequencer.hold(sid, rooms)
         try:
             found = fetch()
         finally:
-            held = {room: self._unhold(room, sid) for room in rooms}
+            held = {room: self.sequencer.release(sid, room) for room in rooms}
         for room in rooms:
             last = 0
             caught = found.get(room, Catchup())
             for missed in caught.updates:
                 self._send(sid, str(missed["topic"]), missed)
                 last = int(missed["seq"])
-            for item in held[room]:
-                if item.seq is None or item.seq > last:
-                    self._deliver(sid, item)
-                    last = item.seq if item.seq is not None else last
-            if room not in self.last_seq:
-                # A room new to this worker starts where its first client now is:
-                # live copies at or below it are repeats, and after a Redis
-                # reconnect the listener replays from there.
-                self.last_seq[room] = max(last, caught.current)
-            elif last > self.last_seq[room]:
-                # History ran ahead of the listener: the live copies of what
-                # was just sent are still on their way, and must skip this sid.
-                self._ahead.setdefault(room, {})[sid] = last
+            # The client is level with the seq history was read at: what was held up to it, it has
+            # (sent just now, or already held when it subscribed, or behind the snapshot it was sent).
+            wanted, last = newer(held[room], max(last, caught.current))
+            for item in wanted:
+                self._deliver(sid, item)
+            self.sequencer.settle(sid, room, last, caught.current)
         return found
-
-    def _already_sent(self, room: str, seq: int) -> list[str]:
-        """Clients of ``room`` that catch-up already sent ``seq``; forget those now level."""
-        ahead = self._ahead[room]
-        skip = [sid for sid, sent in ahead.items() if sent >= seq]
-        for sid in [sid for sid, sent in ahead.items() if sent <= seq]:
-            del ahead[sid]
-        if not ahead:
-            del self._ahead[room]
-        return skip
-
-    def _unhold(self, room: str, sid: str) -> list[Held]:
-        held = self._held.get(room, {})
-        queue = held.pop(sid, [])
-        if not held:
-            self._held.pop(room, None)
-        return queue
 
     def _send(self, sid: str, event: str, data: Any) -> None:
         self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
@@ -453,10 +389,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 
     def forget_empty_rooms(self) -> None:
         """Drop what is known of rooms this worker no longer serves."""
-        live = self.rooms.get("/", {})
-        for known in (self.last_seq, self._ahead):
-            for room in [room for room in known if room not in live]:
-                del known[room]
+        self.sequencer.forget(self.rooms.get("/", {}))
 
     def _check_epoch(self) -> None:
         """Notice a Redis that lost its data: its epoch key is gone or new.
@@ -467,7 +400,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         epoch = self.history.epoch()
         if self.epoch is not None and epoch != self.epoch:
             log.warning("Redis lost its data: update counts start again at 1")
-            self.last_seq = dict.fromkeys(self.last_seq, 0)
+            self.sequencer.reset()
         self.epoch = epoch
 
     def _replay_missed(self) -> None:
@@ -478,11 +411,12 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         except RedisError as exc:
             log.warning("fan-out could not check for lost data: %s", exc)
             return
-        rooms = list(self.last_seq)
+        last_seq = self.sequencer.last_seq
+        rooms = list(last_seq)
         asked = []
         for room in rooms:
             topic, _, user = room.partition("_")
-            asked.append((user, topic, self.last_seq[room]))
+            asked.append((user, topic, last_seq[room]))
         try:
             found = self.history.missed(asked)
         except RedisError as exc:
@@ -491,7 +425,7 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         for room, (_, topic, _), missed in zip(rooms, asked, found, strict=True):
             for update in missed.updates:
                 if missed.snapshot:
-                    self.last_seq[room] = 0  # a snapshot repeats a seq the room may hold
+                    self.sequencer.last_seq[room] = 0  # a snapshot repeats a seq the room may hold
                 self._emit_seq(room, topic, int(update["seq"]), partial(_event_packet, topic, update))
             if missed.updates:
                 metrics.UPDATES_REPLAYED.labels(topic=topic).inc(len(missed.updates))
