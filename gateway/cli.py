@@ -63,8 +63,8 @@ def token(user: str, ttl: int) -> None:
 @click.option("--pid", type=int, help="Only the worker process PID of this host (gunicorn's child_exit).")
 def sweep(pid: int | None) -> None:
     """Remove now the records of dead workers: lease ended, or process gone on this host."""
-    from gateway.cleanup import sweep as sweep_dead
-    from gateway.cleanup import sweep_process
+    from gateway.lease import sweep as sweep_dead
+    from gateway.lease import sweep_process
     from gateway.redis_client import connect
     from gateway.subscriptions import Registry
 

@@ -1,7 +1,7 @@
 """The gateway's exceptions: one root, a few kinds, each caught by name.
 
-The exceptions that mean "the client is gone" are not here: they belong to
-the transport and are listed once, in :mod:`gateway.cleanup`.
+The exceptions that mean "the client is gone" are not here: they are the
+client's doing, listed once in :mod:`gateway.mistakes`.
 """
 
 from __future__ import annotations

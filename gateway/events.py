@@ -26,12 +26,11 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
-from gateway.cleanup import Releases
 from gateway.errors import AuthError, BadRequest
 from gateway.fanout import FanoutManager
 from gateway.history import Catchup, History
 from gateway.logs import FaultOnce
-from gateway.subscriptions import Registry
+from gateway.subscriptions import PendingReleases, Registry
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class Gateway:
         self.topics = frozenset(topics)
         self.max_connections_per_user = max_connections_per_user
         self.connections: dict[str, Connection] = {}
-        self.releases = Releases(registry)
+        self.releases = PendingReleases(registry)
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
         #: set when the worker stops: its records then go all at once (Registry.drop_worker)
         self.worker_stopping = False

@@ -27,13 +27,18 @@ runs on a single Redis (or Sentinel-managed) primary, not Redis Cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import RedisError
 
+from gateway.logs import FaultOnce
 from gateway.protocol import as_set, text
+
+log = logging.getLogger(__name__)
 
 
 def load_script(client: redis.Redis, name: str) -> redis.commands.core.Script:
@@ -178,3 +183,41 @@ class Registry:
 
     def user_topics(self, user: str) -> set[str]:
         return as_set(self.redis.smembers(self.key("user", user)))
+
+
+class PendingReleases:
+    """Removes the records of closed connections, and retries what Redis refused.
+
+    ``release`` never raises. A release that fails (Redis away) is kept and
+    retried at every heartbeat, so that the registry stops reporting a
+    connection that is gone as soon as Redis answers again; the outage is
+    logged once at ERROR, not once per connection.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.pending: set[str] = set()
+        self._fault = FaultOnce(log, "could not remove the records of closed connections")
+
+    def release(self, sid: str, **context: Any) -> None:
+        try:
+            removed = self.registry.release(sid)
+        except RedisError:
+            self.pending.add(sid)
+            self._fault.fault(sid=sid, **context)
+            return
+        log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
+
+    def retry(self) -> int:
+        """Release again what failed before; return how many succeeded."""
+        done = 0
+        for sid in list(self.pending):
+            try:
+                self.registry.release(sid)
+            except RedisError:
+                self._fault.fault(sid=sid)
+                return done
+            self.pending.discard(sid)
+            done += 1
+        self._fault.clear()
+        return done

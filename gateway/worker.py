@@ -21,12 +21,12 @@ import redis
 from flask_socketio import SocketIO
 from redis.exceptions import RedisError
 
-from gateway.cleanup import Heartbeat
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.gunicorn_worker import stop_accepting
 from gateway.inbound import InboundLimits
+from gateway.lease import Heartbeat
 from gateway.sessions import SessionGuard
 from gateway.subscriptions import Registry
 from gateway.transport import Handler, Pinger, cut_session, upgrade_refusal

@@ -17,11 +17,11 @@ from flask_socketio import SocketIO
 
 from gateway import health, logs
 from gateway.auth import TokenVerifier
-from gateway.cleanup import Heartbeat, WorkerName
 from gateway.config import Config
 from gateway.events import Gateway
 from gateway.fanout import FanoutManager
 from gateway.history import History
+from gateway.lease import Heartbeat, new_worker_id
 from gateway.mistakes import LibraryLog
 from gateway.redis_client import connect
 from gateway.sessions import SessionGuard, StrictPacket
@@ -38,7 +38,7 @@ def create_app(config: Config | None = None) -> Flask:
     assert config.redis_url is not None  # validate() guarantees it
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
-    registry = Registry(client, config.key_prefix, worker_id=WorkerName.new())
+    registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
     history = History(client, config.key_prefix)
     # The listener's own connection never retries inside redis-py: a lost
     # connection must reach the listener, which then replays what it missed.

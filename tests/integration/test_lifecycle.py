@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 import websocket
 
-from gateway.cleanup import sweep_expired
+from gateway.lease import sweep_expired
 from gateway.publisher import Publisher
 from gateway.subscriptions import Registry
 from tests.integration.support import (

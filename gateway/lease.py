@@ -1,9 +1,8 @@
-"""Where a connection's or a worker's records end: retried releases, leases, sweeping.
+"""Where a worker's records end: its lease, and the sweeping of workers that died.
 
-A client that goes away is normal (see :mod:`gateway.mistakes`); its records
-go with it, and :class:`Releases` retries what Redis refused.
-
-A worker's records outlive it only as long as its lease: :class:`Heartbeat`
+A connection's own records go with it (:class:`gateway.subscriptions.PendingReleases`
+retries what Redis refused). A worker's records outlive it only as long as
+its lease: :class:`Heartbeat`
 renews this worker's lease and removes the records of workers silent for
 three beats; :func:`sweep` does the same on demand (``gateway sweep``), and
 :func:`sweep_process` is what gunicorn's master runs when a worker exits,
@@ -20,53 +19,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.logs import FaultOnce
-from gateway.subscriptions import Registry
+from gateway.subscriptions import PendingReleases, Registry
 
 log = logging.getLogger(__name__)
-
-
-class Releases:
-    """Removes the records of closed connections, and retries what Redis refused.
-
-    ``release`` never raises. A release that fails (Redis away) is kept and
-    retried at every heartbeat, so that the registry stops reporting a
-    connection that is gone as soon as Redis answers again; the outage is
-    logged once at ERROR, not once per connection.
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.pending: set[str] = set()
-        self._fault = FaultOnce(log, "could not remove the records of closed connections")
-
-    def release(self, sid: str, **context: Any) -> None:
-        try:
-            removed = self.registry.release(sid)
-        except RedisError:
-            self.pending.add(sid)
-            self._fault.fault(sid=sid, **context)
-            return
-        log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
-
-    def retry(self) -> int:
-        """Release again what failed before; return how many succeeded."""
-        done = 0
-        for sid in list(self.pending):
-            try:
-                self.registry.release(sid)
-            except RedisError:
-                self._fault.fault(sid=sid)
-                return done
-            self.pending.discard(sid)
-            done += 1
-        self._fault.clear()
-        return done
 
 
 class Heartbeat:
@@ -84,7 +44,7 @@ class Heartbeat:
         registry: Registry,
         interval: float,
         reassert: Callable[[], int],
-        releases: Releases,
+        releases: PendingReleases,
         tidy: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
@@ -141,16 +101,17 @@ def sweep_expired(registry: Registry) -> int:
     return removed
 
 
+def new_worker_id() -> str:
+    """A worker id for this process, ``host:pid:nonce``: unique across hosts, processes and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @dataclass(frozen=True)
 class WorkerName:
-    """A worker id, ``host:pid:nonce``: unique across hosts, processes and restarts."""
+    """The host and process of a worker id (:func:`new_worker_id`)."""
 
     host: str
     pid: int
-
-    @staticmethod
-    def new() -> str:
-        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     @classmethod
     def parse(cls, worker_id: str) -> WorkerName | None:
