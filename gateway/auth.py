@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway import protocol
 from gateway.config import Config
-from gateway.errors import AuthError, ConfigError
+from gateway.errors import AuthError, Code, ConfigError
 
 #: Claims every token must carry.
 REQUIRED_CLAIMS = ("sub", "exp")
@@ -55,10 +55,10 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> str:
         if not token:
-            raise AuthError("missing_token")
+            raise AuthError(Code.MISSING_TOKEN)
         if not token.isascii() or len(token) > MAX_TOKEN_CHARS:
             # A JWT is ASCII (base64url and dots); PyJWT would raise UnicodeEncodeError on a lone surrogate.
-            raise AuthError("invalid_token", "not a JWT")
+            raise AuthError(Code.INVALID_TOKEN, "not a JWT")
         try:
             claims = jwt.decode(
                 token,
@@ -70,14 +70,14 @@ class TokenVerifier:
                 options={"require": list(REQUIRED_CLAIMS), "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError("expired_token") from None
+            raise AuthError(Code.EXPIRED_TOKEN) from None
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             # ValueError and TypeError: what PyJWT lets through of a header or payload it cannot read.
-            raise AuthError("invalid_token", str(exc)) from None
+            raise AuthError(Code.INVALID_TOKEN, str(exc)) from None
         try:
             return protocol.user_id(claims["sub"])
         except ValueError as exc:
-            raise AuthError("invalid_token", str(exc)) from None
+            raise AuthError(Code.INVALID_TOKEN, str(exc)) from None
 
 
 def mint_token(config: Config, user: str | int, ttl_seconds: int = 3600) -> str:

@@ -33,6 +33,8 @@ from typing import Any
 import engineio
 import socketio
 
+from gateway.errors import Code
+
 log = logging.getLogger(__name__)
 
 OnUpdate = Callable[[str, dict[str, Any]], None]
@@ -98,7 +100,7 @@ class ResumingClient:
             self.subscribed.set()
             return
         log.warning("subscribe refused: %s", ack)
-        if ack.get("error") == "unavailable" and self.sio.connected:
+        if ack.get("error") == Code.UNAVAILABLE and self.sio.connected:
             # The gateway's Redis is away: ask again shortly.
             timer = threading.Timer(RETRY_SECONDS, self._subscribe)
             timer.daemon = True

@@ -6,6 +6,29 @@ client's doing, listed once in :mod:`gateway.mistakes`.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Every code a client reads, in one table: ``error`` of an error ack, ``reason`` of ``connect_error``,
+    and the reason a topic of a subscribe is rejected. Each is its string on the wire (CONTRACT.md §3)."""
+
+    # connect_error reasons
+    MISSING_TOKEN = "missing_token"
+    INVALID_TOKEN = "invalid_token"
+    EXPIRED_TOKEN = "expired_token"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # error acks: the request was malformed, and nothing was done
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_TOPICS = "invalid_topics"
+    INVALID_SINCE = "invalid_since"
+    NOT_CONNECTED = "not_connected"
+    # error acks and connect_error: the gateway could not do it, try again
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    # a topic of a subscribe, in the ack's "rejected"
+    UNKNOWN_TOPIC = "unknown_topic"
+
 
 class GatewayError(Exception):
     """Root of every exception the gateway raises on purpose."""
@@ -27,11 +50,10 @@ class ConfigError(GatewayError):
 class AuthError(GatewayError):
     """A connection's token is missing, invalid or expired.
 
-    ``reason`` is the code sent to the client in ``connect_error``:
-    ``missing_token``, ``invalid_token``, ``expired_token`` or ``too_many_connections``.
+    ``reason`` is the code sent to the client in ``connect_error``.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: Code, detail: str = "") -> None:
         super().__init__(detail or reason)
         self.reason = reason
 
@@ -42,7 +64,7 @@ class BadRequest(GatewayError):
     Answered with the error ack; the connection stays up.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -26,7 +26,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
-from gateway.errors import AuthError, BadRequest
+from gateway.errors import AuthError, BadRequest, Code
 from gateway.fanout import FanoutManager
 from gateway.history import Catchup, History
 from gateway.logs import FaultOnce
@@ -35,8 +35,8 @@ from gateway.subscriptions import PendingReleases, Registry
 log = logging.getLogger(__name__)
 
 Ack = dict[str, Any]
-UNAVAILABLE = BadRequest("unavailable", "The subscription store is unavailable; try again shortly.")
-INTERNAL = BadRequest("internal", "The gateway could not handle this message.")
+UNAVAILABLE = BadRequest(Code.UNAVAILABLE, "The subscription store is unavailable; try again shortly.")
+INTERNAL = BadRequest(Code.INTERNAL, "The gateway could not handle this message.")
 
 
 def current_sid() -> str:
@@ -154,7 +154,7 @@ class Gateway:
             raise Unauthorized(exc.reason) from None
         except Exception:
             log.exception("connect handler failed", extra={"sid": sid})
-            raise Unauthorized("internal") from None
+            raise Unauthorized(Code.INTERNAL) from None
         self.connections[sid] = Connection(user, counted)
         metrics.CONNECTIONS.inc()
         log.debug("connected", extra={"user": user, "sid": sid})
@@ -172,7 +172,7 @@ class Gateway:
             return False
         self._redis_fault.clear()
         if not admitted:
-            raise AuthError("too_many_connections", f"user has {self.max_connections_per_user} connections")
+            raise AuthError(Code.TOO_MANY_CONNECTIONS, f"user has {self.max_connections_per_user} connections")
         return True
 
     def disconnect(self, reason: object = None) -> None:
@@ -270,5 +270,5 @@ class Gateway:
         sid = current_sid()
         connection = self.connections.get(sid)
         if connection is None:
-            raise BadRequest("not_connected", "This connection is not authenticated.")
+            raise BadRequest(Code.NOT_CONNECTED, "This connection is not authenticated.")
         return sid, connection

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Code
 
 #: Topic names: lower case, no ``_`` (the room separator) and no ``:``.
 TOPIC_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -69,7 +69,7 @@ class SubscribeRequest:
     """A validated ``subscribe``: known topics in order, the rest rejected."""
 
     topics: tuple[str, ...]
-    rejected: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, Code] = field(default_factory=dict)
     since: dict[str, int] = field(default_factory=dict)
 
 
@@ -77,11 +77,11 @@ def _topic_list(value: object) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise BadRequest("invalid_topics", "topics must be a topic name or a non-empty list of topic names.")
+        raise BadRequest(Code.INVALID_TOPICS, "topics must be a topic name or a non-empty list of topic names.")
     if len(value) > MAX_TOPICS_PER_REQUEST:
-        raise BadRequest("invalid_topics", f"at most {MAX_TOPICS_PER_REQUEST} topics may be named at once.")
+        raise BadRequest(Code.INVALID_TOPICS, f"at most {MAX_TOPICS_PER_REQUEST} topics may be named at once.")
     if not all(isinstance(item, str) for item in value):
-        raise BadRequest("invalid_topics", "every topic must be a string.")
+        raise BadRequest(Code.INVALID_TOPICS, "every topic must be a string.")
     return list(dict.fromkeys(value))
 
 
@@ -89,10 +89,10 @@ def _since(value: object) -> dict[str, int]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest("invalid_since", "since must map topic names to the last seq received.")
+        raise BadRequest(Code.INVALID_SINCE, "since must map topic names to the last seq received.")
     for topic, seq in value.items():
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise BadRequest("invalid_since", f"since[{str(topic)[:40]!r}] must be a whole number of 0 or more.")
+            raise BadRequest(Code.INVALID_SINCE, f"since[{str(topic)[:40]!r}] must be a whole number of 0 or more.")
     return dict(value)
 
 
@@ -106,15 +106,15 @@ def parse_subscribe(payload: object, allowed: frozenset[str]) -> SubscribeReques
     since: object = None
     if isinstance(payload, dict):
         if "topics" not in payload:
-            raise BadRequest("invalid_topics", "subscribe needs a topics list.")
+            raise BadRequest(Code.INVALID_TOPICS, "subscribe needs a topics list.")
         topics, since = payload["topics"], payload.get("since")
     elif isinstance(payload, (list, str)):
         topics = payload
     else:
-        raise BadRequest("invalid_payload", "subscribe takes an object, a list of topics, or one topic.")
+        raise BadRequest(Code.INVALID_PAYLOAD, "subscribe takes an object, a list of topics, or one topic.")
     names = _topic_list(topics)
     known = tuple(name for name in names if name in allowed)
-    rejected = {name[:64]: "unknown_topic" for name in names if name not in allowed}
+    rejected = {name[:64]: Code.UNKNOWN_TOPIC for name in names if name not in allowed}
     marks = _since(since)
     return SubscribeRequest(known, rejected, {t: s for t, s in marks.items() if t in known})
 
@@ -130,12 +130,12 @@ def parse_unsubscribe(payload: object, allowed: frozenset[str]) -> tuple[str, ..
         return None
     if isinstance(payload, dict):
         if "topics" not in payload:
-            raise BadRequest("invalid_topics", "unsubscribe takes a topics list, or nothing for every topic.")
+            raise BadRequest(Code.INVALID_TOPICS, "unsubscribe takes a topics list, or nothing for every topic.")
         if payload["topics"] in (None, []):
             return None
         payload = payload["topics"]
     elif not isinstance(payload, (list, str)):
-        raise BadRequest("invalid_payload", "unsubscribe takes an object, a list of topics, or one topic.")
+        raise BadRequest(Code.INVALID_PAYLOAD, "unsubscribe takes an object, a list of topics, or one topic.")
     return tuple(name for name in _topic_list(payload) if name in allowed)
 
 
