@@ -28,7 +28,7 @@ from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
 from gateway.errors import AuthError, BadRequest, Code
 from gateway.fanout import FanoutManager
-from gateway.history import Catchup, History
+from gateway.history import History
 from gateway.logs import FaultOnce
 from gateway.subscriptions import PendingReleases, Registry
 
@@ -195,27 +195,24 @@ class Gateway:
         user = connection.user
         wanted = protocol.parse_subscribe(payload, self.topics)
         rooms = {topic: protocol.room_name(topic, user) for topic in wanted.topics}
-        seqs: dict[str, int] = {}
-
-        def fetch() -> dict[str, Catchup]:
-            self._watch(connection)
-            if not connection.counted:
-                connection.counted = self.registry.connect(sid, user)
-            for room in rooms.values():
-                join_room(room)
-            seqs.update(self.registry.subscribe(sid, user, wanted.topics))
-            return {
-                rooms[topic]: self.history.catchup(user, topic, wanted.since.get(topic), seqs[topic])
-                for topic in wanted.topics
-            }
-
         try:
-            found = self.fanout.catch_up(sid, list(rooms.values()), fetch)
+            with self.fanout.holding(sid, list(rooms.values())) as hold:
+                self._watch(connection)
+                if not connection.counted:
+                    connection.counted = self.registry.connect(sid, user)
+                for room in rooms.values():
+                    join_room(room)
+                seqs = self.registry.subscribe(sid, user, wanted.topics)
+                found = {
+                    rooms[topic]: self.history.catchup(user, topic, wanted.since.get(topic), seqs[topic])
+                    for topic in wanted.topics
+                }
         except RedisError:
             self._redis_fault.fault(user=user, sid=sid)
             for topic in set(wanted.topics) - connection.topics:
                 leave_room(rooms[topic])
             return UNAVAILABLE.ack()
+        hold.deliver(found)
         self._redis_fault.clear()
         if sid not in self.connections:  # disconnected while Redis answered: what was just recorded goes too
             self.releases.release(sid, user=user)

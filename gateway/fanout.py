@@ -349,31 +349,26 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         super()._handle_emit(message)
         self.tally.delivered[label] += len(members) - len(skip)
 
-    def catch_up(self, sid: str, rooms: list[str], fetch: Callable[[], dict[str, Catchup]]) -> dict[str, Catchup]:
-        """Bring ``sid`` up to date in ``rooms``: what ``fetch`` found, then what arrived meanwhile.
+    def holding(self, sid: str, rooms: list[str]) -> HeldBack:
+        """Hold the live updates of ``rooms`` back from ``sid`` while it is brought up to date.
 
-        Live updates to ``sid`` in those rooms are held back from the start;
-        ``fetch`` (joining rooms, reading Redis) runs; then the missed updates
-        are sent in order, followed by the held ones newer than both.
+        ``with fanout.holding(sid, rooms) as hold:`` join the rooms and read
+        what the client missed; then ``hold.deliver(found)`` sends it, in
+        order, followed by the held updates newer than it.
         """
-        self.sequencer.hold(sid, rooms)
-        try:
-            found = fetch()
-        finally:
-            held = {room: self.sequencer.release(sid, room) for room in rooms}
-        for room in rooms:
-            last = 0
-            caught = found.get(room, Catchup())
-            for missed in caught.updates:
-                self._send(sid, str(missed["topic"]), missed)
-                last = int(missed["seq"])
-            # The client is level with the seq history was read at: what was held up to it, it has
-            # (sent just now, or already held when it subscribed, or behind the snapshot it was sent).
-            wanted, last = newer(held[room], max(last, caught.current))
-            for item in wanted:
-                self._deliver(sid, item)
-            self.sequencer.settle(sid, room, last, caught.current)
-        return found
+        return HeldBack(self, sid, rooms)
+
+    def _deliver_caught_up(self, sid: str, room: str, caught: Catchup, held: list[Held]) -> None:
+        last = 0
+        for missed in caught.updates:
+            self._send(sid, str(missed["topic"]), missed)
+            last = int(missed["seq"])
+        # The client is level with the seq history was read at: what was held up to it, it has
+        # (sent just now, or already held when it subscribed, or behind the snapshot it was sent).
+        wanted, last = newer(held, max(last, caught.current))
+        for item in wanted:
+            self._deliver(sid, item)
+        self.sequencer.settle(sid, room, last, caught.current)
 
     def _send(self, sid: str, event: str, data: Any) -> None:
         self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
@@ -482,3 +477,28 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
 def _event_packet(topic: str, update: dict[str, Any]) -> str:
     """The Socket.IO EVENT packet of an update read back from history."""
     return "2" + json.dumps([topic, update], separators=(",", ":"), ensure_ascii=False)
+
+
+class HeldBack:
+    """One client's live updates held back in some rooms, from ``with`` until :meth:`deliver`."""
+
+    __slots__ = ("_fanout", "_sid", "_rooms", "_held")
+
+    def __init__(self, fanout: FanoutManager, sid: str, rooms: list[str]) -> None:
+        self._fanout = fanout
+        self._sid = sid
+        self._rooms = rooms
+        self._held: dict[str, list[Held]] = {}
+
+    def __enter__(self) -> HeldBack:
+        self._fanout.sequencer.hold(self._sid, self._rooms)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop holding, whatever happened; what was held waits for :meth:`deliver`."""
+        self._held = {room: self._fanout.sequencer.release(self._sid, room) for room in self._rooms}
+
+    def deliver(self, found: dict[str, Catchup]) -> None:
+        """Send each room what the client missed (``found``), then the held updates newer than it."""
+        for room in self._rooms:
+            self._fanout._deliver_caught_up(self._sid, room, found.get(room, Catchup()), self._held.get(room, []))
