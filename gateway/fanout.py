@@ -5,16 +5,12 @@ Routing: each user's updates travel on a channel of their own
 holds connections of (:meth:`FanoutManager.watch`), plus Flask-SocketIO's
 shared channel for emits made through its message queue.
 
-:class:`FanoutManager` is python-socketio's Redis client manager with the
-listener replaced:
-
-- it reads with a one-second timeout, so redis-py's health checks run on an
-  idle connection and a stop request is seen within a second;
-- after a Redis failure it reconnects with jittered backoff capped at one
-  second (the library's own listener backs off up to 60 s);
-- ``listening`` tells ``/readyz`` whether updates can reach this worker;
-- a malformed queue message is logged and skipped, a failing handler is
-  logged once with its traceback, and neither stops the listener.
+:class:`FanoutManager` is python-socketio's client manager for Redis; the
+pub/sub connection is a :class:`gateway.listener.Listener` of the gateway's
+own (confirmed subscriptions, reconnection with backoff, ``listening`` for
+``/readyz``), for which the manager is the sink. A malformed queue message is
+logged and skipped, a failing handler is logged once with its traceback,
+and neither stops the listener.
 
 Speed: an update on a user's channel (``u1 <topic> <user> <ts> <seq>``, then
 the payload; see :class:`gateway.protocol.Routed`) is sent to the room's
@@ -41,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from functools import partial
 from typing import Any
@@ -49,21 +45,15 @@ from typing import Any
 import redis
 import socketio
 from engineio import packet as eio_packet
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics, protocol
 from gateway.history import Catchup, History
+from gateway.listener import POLL_SECONDS, Listener
 from gateway.sequencer import NOBODY, Held, RoomSequencer, newer
 
 log = logging.getLogger(__name__)
 
-#: Seconds a read waits for a message before checking health and stop.
-POLL_SECONDS = 1.0
-#: Seconds to wait for Redis to confirm a new user channel subscription.
-CONFIRM_SECONDS = 5.0
 #: Seconds the fan-out's counts may wait in memory before they are written to /metrics.
 FLUSH_SECONDS = 0.25
 _UPDATE_MARK = protocol.UPDATE_MARK.encode()
@@ -85,6 +75,8 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         super().__init__(url="redis://", channel=channel, logger=log)
         self._redis_factory = redis_factory
         self.history = history
+        #: the pub/sub connection: the queue channel and each watched user's channel
+        self.listener = Listener(redis_factory, channel, partial(protocol.user_channel, history.prefix))
         #: topics counted by name; other event names of queue emits are counted as "other"
         self.topics = frozenset(topics)
         #: what a Flask-SocketIO queue message may ask (GATEWAY_QUEUE_METHODS)
@@ -92,61 +84,36 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         self._refusals_logged: set[str] = set()
         #: called after the listener came back (the heartbeat re-asserts records)
         self.on_reconnect: Callable[[], None] = lambda: None
-        self._stopping = threading.Event()
-        self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
-        self.listening = False
-        #: set while the listener is subscribed (``listening``), for those who wait on it
-        self.receiving = threading.Event()
         #: each room's order: its last seq, the clients catching up and what is held for them
         self.sequencer = RoomSequencer()
         #: the Redis data generation the seqs belong to (see _check_epoch)
         self.epoch: str | None = None
         #: (namespace, sid) -> the rooms the client is in, None and its own included
         self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
-        #: user -> number of local connections that need the user's channel
-        self._watchers: dict[str, int] = {}
-        #: user channel -> set once Redis confirmed the subscription
-        self._confirmed: dict[str, threading.Event] = {}
         self.tally = metrics.FanoutTally()
         self._flushed = time.monotonic()
 
+    @property
+    def listening(self) -> bool:
+        """Whether updates can reach this worker (``/readyz``)."""
+        return self.listener.listening
+
+    @property
+    def receiving(self) -> threading.Event:
+        """Set while the listener is subscribed to every channel, for those who wait on it."""
+        return self.listener.receiving
+
     def stop(self) -> None:
-        """Ask the listener to finish; it does within ``POLL_SECONDS``."""
-        self._stopping.set()
+        """Ask the listener to finish; it does within a second."""
+        self.listener.stop()
 
     def watch(self, user: str) -> None:
-        """Receive ``user``'s updates here; return once Redis confirmed it.
-
-        Counted per local connection: each call, even one that raises, is
-        given back by exactly one :meth:`unwatch`. Raises ``RedisError`` when
-        Redis cannot confirm, so that a caller never reads history before
-        updates flow.
-        """
-        channel = protocol.user_channel(self.history.prefix, user)
-        self._watchers[user] = self._watchers.get(user, 0) + 1
-        ready = self._confirmed.get(channel)
-        if ready is None:
-            ready = self._confirmed[channel] = threading.Event()
-            if not self.receiving.wait(CONFIRM_SECONDS):
-                raise RedisConnectionError("the fan-out listener is not connected to Redis")
-            self.pubsub.subscribe(channel)
-        if not ready.wait(CONFIRM_SECONDS):
-            raise RedisTimeoutError(f"Redis did not confirm {channel}")
+        """Receive ``user``'s updates here; return once Redis confirmed it (:meth:`Listener.watch`)."""
+        self.listener.watch(user)
 
     def unwatch(self, user: str) -> None:
         """One local connection of ``user`` no longer needs its channel."""
-        count = self._watchers.get(user, 0) - 1
-        if count > 0:
-            self._watchers[user] = count
-            return
-        self._watchers.pop(user, None)
-        channel = protocol.user_channel(self.history.prefix, user)
-        self._confirmed.pop(channel, None)
-        if self.listening and not self._stopping.is_set():
-            try:
-                self.pubsub.unsubscribe(channel)
-            except RedisError as exc:
-                log.debug("unsubscribing %s failed: %s", channel, exc)
+        self.listener.unwatch(user)
 
     # python-socketio finds a client's rooms by scanning every room of the
     # namespace, on each disconnect and each rooms() call: quadratic when
@@ -177,115 +144,42 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
                 if not pending[namespace]:
                     del pending[namespace]
 
-    def _redis_connect(self) -> None:
-        self.redis = self._redis_factory()
-        self.pubsub = self.redis.pubsub()
-        self.connected = True
-
-    def _subscribe_all(self) -> list[dict[str, Any]]:
-        """Subscribe to every channel this worker needs; return once Redis confirmed them all.
-
-        Replaying history before the confirmations would lose what is
-        published between the history read and the subscription. Messages
-        that arrive meanwhile are returned, to be handled after the replay.
-        """
-        channels = [protocol.user_channel(self.history.prefix, user) for user in self._watchers]
-        self.pubsub.subscribe(self.channel)
-        for start in range(0, len(channels), 1000):
-            self.pubsub.subscribe(*channels[start:start + 1000])
-        early: list[dict[str, Any]] = []
-        waiting = 1 + len(channels)
-        deadline = time.monotonic() + CONFIRM_SECONDS
-        while waiting and time.monotonic() < deadline:
-            message = self.pubsub.get_message(timeout=0.1)
-            if message is None:
-                continue
-            if message["type"] == "subscribe":
-                waiting -= 1
-                self._confirm(message)
-            else:
-                early.append(message)
-        if waiting:
-            raise RedisTimeoutError(f"Redis confirmed all but {waiting} subscriptions")
-        return early
-
-    def _confirm(self, message: dict[str, Any]) -> None:
-        ready = self._confirmed.get(protocol.text(message["channel"]))
-        if ready is not None:
-            ready.set()
-
-    def _listen(self) -> Iterator[bytes]:
-        for message in self._redis_listen_with_retries():
-            if message["type"] == "message":
-                yield message["data"]
-            elif message["type"] == "subscribe":
-                self._confirm(message)
-
-    def _redis_listen_with_retries(self) -> Iterator[dict[str, Any]]:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                early: list[dict[str, Any]] = []
-                if not self.listening:
-                    self._redis_connect()
-                    early = self._subscribe_all()
-                    self.listening = True
-                    self.receiving.set()
-                    if self.epoch is None:
-                        self._check_epoch()
-                    if failures:
-                        log.warning("fan-out listener receiving again after %d failed attempts", failures)
-                        metrics.REDIS_RECONNECTS.inc()
-                        self._replay_missed()
-                        self.on_reconnect()
-                    failures = 0
-                message = None if early else self._next_message()
-            except RedisError as exc:
-                self._lost(exc, failures)
-                failures += 1
-                self._stopping.wait(self._backoff.compute(failures))
-                continue
-            yield from early
-            if message is not None:
-                yield message
-        self._close_pubsub()
-
-    def _next_message(self) -> dict[str, Any] | None:
-        """The next message from Redis; the counts are written out every ``FLUSH_SECONDS``, busy or idle."""
-        wait = FLUSH_SECONDS if self.tally else POLL_SECONDS
-        message: dict[str, Any] | None = self.pubsub.get_message(timeout=wait)
-        now = time.monotonic()
-        if message is None or now - self._flushed >= FLUSH_SECONDS:
-            self.tally.flush()
-            self._flushed = now
-        return message
-
-    def _lost(self, exc: RedisError, failures: int) -> None:
-        if failures == 0:
-            log.warning("fan-out listener lost Redis: %s; reconnecting", exc)
-        self._close_pubsub()
-
-    def _close_pubsub(self) -> None:
-        self.listening = False
-        self.receiving.clear()
-        if self.pubsub is not None:
-            try:
-                self.pubsub.close()
-            except RedisError as exc:
-                log.debug("closing the fan-out connection failed: %s", exc)
+    # The listener's sink, and python-socketio's backend parts.
 
     def _thread(self) -> None:
-        for message in self._listen():
-            if message.startswith(_UPDATE_MARK):
-                self._route(message)
-                continue
-            try:
-                data = self.json.loads(message)
-            except ValueError:
-                log.warning("fan-out skipped a message that is not JSON (%d bytes)", len(message))
-                continue
-            if isinstance(data, dict):
-                self._dispatch(data)
+        """python-socketio's listening task: the gateway's listener, with this manager as its sink."""
+        self.listener.run(self)
+
+    def _publish(self, data: Any) -> None:
+        """Publish on the queue channel through the gateway's Redis client; raises rather than drops."""
+        self._redis_factory().publish(self.channel, self.json.dumps(data))
+
+    def on_message(self, data: bytes) -> None:
+        if data.startswith(_UPDATE_MARK):
+            self._route(data)
+            return
+        try:
+            message = self.json.loads(data)
+        except ValueError:
+            log.warning("fan-out skipped a message that is not JSON (%d bytes)", len(data))
+            return
+        if isinstance(message, dict):
+            self._dispatch(message)
+
+    def on_connect(self, again: bool) -> None:
+        if self.epoch is None:
+            self._check_epoch()
+        if again:
+            self._replay_missed()
+            self.on_reconnect()
+
+    def on_idle(self, busy: bool) -> float:
+        """Write the counts to /metrics every ``FLUSH_SECONDS``, busy or idle; return the next read's wait."""
+        now = time.monotonic()
+        if not busy or now - self._flushed >= FLUSH_SECONDS:
+            self.tally.flush()
+            self._flushed = now
+        return FLUSH_SECONDS if self.tally else POLL_SECONDS
 
     def _route(self, message: bytes) -> None:
         """Send an update from a user's channel to its room."""

@@ -1,0 +1,192 @@
+"""One worker's Redis pub/sub connection: the channels it needs, confirmed, and kept through Redis failures.
+
+:class:`Listener` imports no Socket.IO. It listens to Flask-SocketIO's queue
+channel and to the channel of every user whose connections this worker holds
+(:meth:`Listener.watch`), and hands each message to a :class:`Sink`:
+
+- a watch returns once Redis confirmed the channel, so that a caller never
+  reads history before the user's updates flow to this worker;
+- it reads with a timeout, so that redis-py's health checks run on an idle
+  connection and a stop is seen within :data:`POLL_SECONDS`;
+- after a Redis failure it reconnects with jittered backoff capped at one
+  second, subscribes to every channel again and waits for Redis to confirm
+  them all, then lets the sink replay what was missed before reading on;
+- ``listening`` (and the ``receiving`` event) tells ``/readyz`` whether
+  updates can reach this worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway import metrics, protocol
+
+log = logging.getLogger(__name__)
+
+#: Seconds a read waits for a message before checking health and stop.
+POLL_SECONDS = 1.0
+#: Seconds to wait for Redis to confirm a new subscription.
+CONFIRM_SECONDS = 5.0
+#: Channels subscribed with one command after a reconnect.
+SUBSCRIBE_BATCH = 1000
+
+
+class Sink(Protocol):
+    """What the listener calls: the fan-out."""
+
+    def on_message(self, data: bytes) -> None:
+        """One message from any of the channels, in the order Redis sent them."""
+
+    def on_connect(self, again: bool) -> None:
+        """Subscribed to every channel (``again``: after a failure); nothing is read until this returns."""
+
+    def on_idle(self, busy: bool) -> float:
+        """Called between reads; returns how long the next read may wait (``busy``: a message just came)."""
+
+
+class Listener:
+    """The pub/sub connection of one worker, for the queue ``channel`` and the users it watches."""
+
+    def __init__(self, redis_factory: Callable[[], redis.Redis], channel: str, user_channel: Callable[[str], str]):
+        self._redis_factory = redis_factory
+        self.channel = channel
+        self._user_channel = user_channel
+        self._stopping = threading.Event()
+        self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
+        self.pubsub: Any = None
+        #: set while subscribed to every channel, for those who wait on it
+        self.receiving = threading.Event()
+        #: user -> number of local connections that need the user's channel
+        self._watchers: dict[str, int] = {}
+        #: user channel -> set once Redis confirmed the subscription
+        self._confirmed: dict[str, threading.Event] = {}
+
+    @property
+    def listening(self) -> bool:
+        return self.receiving.is_set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish; it does within ``POLL_SECONDS``."""
+        self._stopping.set()
+
+    # Users' channels, counted per local connection.
+
+    def watch(self, user: str) -> None:
+        """Receive ``user``'s updates here; return once Redis confirmed it.
+
+        Each call, even one that raises, is given back by exactly one
+        :meth:`unwatch`. Raises ``RedisError`` when Redis cannot confirm.
+        """
+        channel = self._user_channel(user)
+        self._watchers[user] = self._watchers.get(user, 0) + 1
+        ready = self._confirmed.get(channel)
+        if ready is None:
+            ready = self._confirmed[channel] = threading.Event()
+            if not self.receiving.wait(CONFIRM_SECONDS):
+                raise RedisConnectionError("the fan-out listener is not connected to Redis")
+            self.pubsub.subscribe(channel)
+        if not ready.wait(CONFIRM_SECONDS):
+            raise RedisTimeoutError(f"Redis did not confirm {channel}")
+
+    def unwatch(self, user: str) -> None:
+        """One local connection of ``user`` no longer needs its channel."""
+        count = self._watchers.get(user, 0) - 1
+        if count > 0:
+            self._watchers[user] = count
+            return
+        self._watchers.pop(user, None)
+        channel = self._user_channel(user)
+        self._confirmed.pop(channel, None)
+        if self.listening and not self._stopping.is_set():
+            try:
+                self.pubsub.unsubscribe(channel)
+            except RedisError as exc:
+                log.debug("unsubscribing %s failed: %s", channel, exc)
+
+    # The loop.
+
+    def run(self, sink: Sink) -> None:
+        """Hand every message to ``sink`` until :meth:`stop`, through any number of Redis failures."""
+        failures = 0
+        wait = POLL_SECONDS
+        while not self._stopping.is_set():
+            try:
+                early: list[dict[str, Any]] = []
+                if not self.listening:
+                    early = self._connect()
+                    if failures:
+                        log.warning("fan-out listener receiving again after %d failed attempts", failures)
+                        metrics.REDIS_RECONNECTS.inc()
+                    sink.on_connect(again=failures > 0)
+                    failures = 0
+                messages = early or [self.pubsub.get_message(timeout=wait)]
+            except RedisError as exc:
+                if failures == 0:
+                    log.warning("fan-out listener lost Redis: %s; reconnecting", exc)
+                self._close()
+                failures += 1
+                self._stopping.wait(self._backoff.compute(failures))
+                continue
+            busy = False
+            for message in messages:
+                if message is None:
+                    continue
+                if message["type"] == "message":
+                    busy = True
+                    sink.on_message(message["data"])
+                elif message["type"] == "subscribe":
+                    self._confirm(message)
+            wait = sink.on_idle(busy)
+        self._close()
+
+    def _connect(self) -> list[dict[str, Any]]:
+        """Connect, subscribe to every channel this worker needs, and return once Redis confirmed them all.
+
+        Replaying history before the confirmations would lose what is
+        published between the history read and the subscription. Messages
+        that arrive meanwhile are returned, to be handled after the replay.
+        """
+        self.pubsub = self._redis_factory().pubsub()
+        channels = [self._user_channel(user) for user in self._watchers]
+        self.pubsub.subscribe(self.channel)
+        for start in range(0, len(channels), SUBSCRIBE_BATCH):
+            self.pubsub.subscribe(*channels[start:start + SUBSCRIBE_BATCH])
+        early: list[dict[str, Any]] = []
+        waiting = 1 + len(channels)
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        while waiting and time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.1)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                waiting -= 1
+                self._confirm(message)
+            else:
+                early.append(message)
+        if waiting:
+            raise RedisTimeoutError(f"Redis confirmed all but {waiting} subscriptions")
+        self.receiving.set()
+        return early
+
+    def _confirm(self, message: dict[str, Any]) -> None:
+        ready = self._confirmed.get(protocol.text(message["channel"]))
+        if ready is not None:
+            ready.set()
+
+    def _close(self) -> None:
+        self.receiving.clear()
+        if self.pubsub is not None:
+            try:
+                self.pubsub.close()
+            except RedisError as exc:
+                log.debug("closing the fan-out connection failed: %s", exc)
