@@ -55,7 +55,25 @@ def create_app(config: Config | None = None) -> Flask:
     fanout.on_reconnect = heartbeat.wake
 
     app = Flask("gateway")
-    socketio = SocketIO(
+    socketio = _socketio(app, config, fanout)
+    gateway.register(socketio)
+    OutboundLimit(socketio.server, config.send_queue_limit)
+    guard = SessionGuard(socketio.server, config.auth_timeout)
+    guard.install()
+    checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
+    app.register_blueprint(health.blueprint(checks, registry.published))
+    stopping = threading.Event()
+    app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
+    app.extensions["gateway"] = GatewayWorker(
+        config, client, registry, fanout, gateway, socketio, heartbeat, guard, stopping
+    )
+    return app
+
+
+def _socketio(app: Flask, config: Config, fanout: FanoutManager) -> SocketIO:
+    """The Socket.IO server: the gateway's client manager, packet grammar and library logs, one message of a
+    connection at a time."""
+    return SocketIO(
         app,
         async_mode="gevent",
         client_manager=fanout,
@@ -70,18 +88,6 @@ def create_app(config: Config | None = None) -> Flask:
         logger=LibraryLog("socketio.server"),
         engineio_logger=LibraryLog("engineio.server"),
     )
-    gateway.register(socketio)
-    OutboundLimit(socketio.server, config.send_queue_limit)
-    guard = SessionGuard(socketio.server, config.auth_timeout)
-    guard.install()
-    checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
-    app.register_blueprint(health.blueprint(checks, registry.published))
-    stopping = threading.Event()
-    app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
-    app.extensions["gateway"] = GatewayWorker(
-        config, client, registry, fanout, gateway, socketio, heartbeat, guard, stopping
-    )
-    return app
 
 
 def _cors(config: Config) -> str | list[str] | None:
