@@ -26,7 +26,7 @@ by :class:`gateway.sequencer.RoomSequencer` without I/O:
 - after a reconnect, before reading on, the listener sends each room what
   history holds past its last seq (or the latest as a snapshot when history
   no longer reaches back), and notices a Redis that lost its counters;
-- a client being brought up to date (:meth:`FanoutManager.catch_up`) has its
+- a client being brought up to date (:meth:`FanoutManager.holding`) has its
   live updates held back until what it missed was sent, then gets the held
   ones that are newer: every seq once, in order.
 """

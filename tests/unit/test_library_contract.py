@@ -100,11 +100,11 @@ def test_socketio_manager_rooms_map_sids_to_engineio_sids() -> None:
 
 
 def test_socketio_pubsub_manager_has_the_methods_the_fanout_overrides_or_calls() -> None:
-    """FanoutManager overrides _redis_connect, _listen, _redis_listen_with_retries, _thread and _handle_emit,
-    and dispatches to the _handle_* of each queue method."""
-    for name in ("_redis_connect", "_listen", "_redis_listen_with_retries", "_thread", "_handle_emit",
-                 "_handle_callback", "_handle_disconnect", "_handle_enter_room", "_handle_leave_room",
-                 "_handle_close_room", "basic_enter_room", "basic_leave_room", "basic_disconnect", "get_rooms"):
+    """FanoutManager overrides _thread (to run the gateway's Listener), _publish and _handle_emit, keeps a
+    room index over the basic_* methods, and dispatches each queue method to its _handle_*."""
+    for name in ("_thread", "_publish", "_handle_emit", "_handle_callback", "_handle_disconnect",
+                 "_handle_enter_room", "_handle_leave_room", "_handle_close_room", "basic_enter_room",
+                 "basic_leave_room", "basic_disconnect", "get_rooms", "initialize"):
         assert callable(getattr(socketio.RedisManager, name)), name
 
 
