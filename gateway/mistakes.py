@@ -114,8 +114,7 @@ class LibraryLog:
         self._log.debug(msg, *args)
 
     def info(self, msg: str, *args: Any) -> None:
-        if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug(msg, *args)
+        self._log.debug(msg, *args)
 
     def warning(self, msg: str, *args: Any) -> None:
         self._sort(logging.WARNING, msg, args)

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import mint_token
 from gateway.client import OrderedClient
@@ -73,6 +74,14 @@ def connection_keys(client: redis.Redis, prefix: str) -> set[str]:
 
 def unclean_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if UNCLEAN.search(line)]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class RedisServer:
@@ -181,6 +190,21 @@ class GatewayProcess:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"gunicorn did not stop within {seconds} s") from None
+
+
+def samples(gateway: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the gateway's /metrics: (name, sorted labels) -> value."""
+    text = gateway.http("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics, 0 when it is not there yet."""
+    return samples(gateway).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def gateway_env(redis_url: str, prefix: str, home: Path, **extra: str) -> dict[str, str]:

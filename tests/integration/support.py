@@ -10,6 +10,9 @@ from harness.processes import (
     connection_keys,
     free_port,
     gateway_env,
+    metric,
+    rss_bytes,
+    samples,
     unclean_lines,
     unique_user,
     wait_for,
@@ -17,5 +20,5 @@ from harness.processes import (
 
 __all__ = [
     "REPO", "SECRET", "UNCLEAN", "Client", "GatewayProcess", "RedisServer", "connection_keys", "free_port",
-    "gateway_env", "unclean_lines", "unique_user", "wait_for",
+    "gateway_env", "metric", "rss_bytes", "samples", "unclean_lines", "unique_user", "wait_for",
 ]

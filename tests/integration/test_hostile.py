@@ -29,11 +29,12 @@ from tests.integration.support import (
     RedisServer,
     connection_keys,
     gateway_env,
+    metric,
+    rss_bytes,
     unclean_lines,
     unique_user,
     wait_for,
 )
-from tests.integration.test_operations import metric
 
 CORPUS = json.loads((Path(__file__).parents[1] / "hostile_packets.json").read_text())
 MAX_MESSAGE = 4096
@@ -174,13 +175,6 @@ def test_a_declared_huge_frame_is_refused_before_its_payload(hostile: GatewayPro
     assert client.ended()
     wait_for(lambda: errors(hostile, "frame_too_large") == before + 1, 5, "frame_too_large counted")
     no_sessions_but(hostile, 1)
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_clients_streaming_huge_frames_cost_the_worker_nothing(hostile: GatewayProcess, witness: Client) -> None:

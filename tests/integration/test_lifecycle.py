@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import redis
 import websocket
@@ -26,6 +25,7 @@ from tests.integration.support import (
     GatewayProcess,
     RedisServer,
     connection_keys,
+    rss_bytes,
     unclean_lines,
     unique_user,
     wait_for,
@@ -273,13 +273,6 @@ def test_a_client_killed_while_a_write_to_it_is_blocked_is_counted_not_logged(
     registry = registry_of(gateway)
     wait_for(lambda: not registry.is_subscribed(user, "balance"), 1, "records removed within 1 s")
     assert unclean_lines(gateway.log()) == []
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_churn_leaves_the_same_keys_after_every_round(start_gateway: StartGateway) -> None:

@@ -11,28 +11,23 @@ from collections.abc import Callable
 import pytest
 import redis
 import socketio
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import TokenVerifier
 from gateway.config import Config
 from gateway.publisher import Publisher
 from gateway.subscriptions import Registry
-from tests.integration.support import REPO, SECRET, Client, GatewayProcess, RedisServer, unique_user, wait_for
+from tests.integration.support import (
+    REPO,
+    SECRET,
+    Client,
+    GatewayProcess,
+    RedisServer,
+    metric,
+    unique_user,
+    wait_for,
+)
 
 StartGateway = Callable[..., GatewayProcess]
-
-
-def samples(gateway: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = gateway.http("/metrics").text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
-    return samples(gateway).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_are_summed_over_workers(start_gateway: StartGateway) -> None:
