@@ -272,8 +272,3 @@ class Config:
                 value = _mask_password(value)
             shown[spec.metadata["variable"]] = "" if value is None else str(value)
         return shown
-
-    @property
-    def channel(self) -> str:
-        """The Redis pub/sub channel of the fan-out (Flask-SocketIO's default)."""
-        return "flask-socketio"

@@ -27,8 +27,9 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
 from gateway.errors import AuthError, BadRequest, Code
-from gateway.fanout import FanoutManager
+from gateway.fanout import Fanout
 from gateway.history import History
+from gateway.listener import Listener
 from gateway.logs import FaultOnce
 from gateway.subscriptions import PendingReleases, Registry
 
@@ -104,7 +105,8 @@ class Gateway:
         self,
         registry: Registry,
         history: History,
-        fanout: FanoutManager,
+        fanout: Fanout,
+        listener: Listener,
         verifier: TokenVerifier,
         topics: tuple[str, ...],
         max_connections_per_user: int = 0,
@@ -112,6 +114,7 @@ class Gateway:
         self.registry = registry
         self.history = history
         self.fanout = fanout
+        self.listener = listener
         self.verifier = verifier
         self.topics = frozenset(topics)
         self.max_connections_per_user = max_connections_per_user
@@ -185,7 +188,7 @@ class Gateway:
             metrics.SUBSCRIPTIONS.labels(topic=topic).dec()
         if connection.watching:
             connection.watching = False
-            self.fanout.unwatch(connection.user)
+            self.listener.unwatch(connection.user)
         if not self.worker_stopping:  # a stopping worker drops every record in a few round trips instead
             self.releases.release(sid, user=connection.user)
 
@@ -234,11 +237,11 @@ class Gateway:
             return
         connection.watching = True
         try:
-            self.fanout.watch(connection.user)
+            self.listener.watch(connection.user)
         except RedisError:
             if connection.watching:
                 connection.watching = False
-                self.fanout.unwatch(connection.user)
+                self.listener.unwatch(connection.user)
             raise
 
     @answers

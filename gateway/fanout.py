@@ -1,16 +1,13 @@
-"""Where an update is routed: Redis pub/sub to this worker's Socket.IO rooms.
+"""Where an update is delivered: from the listener to this worker's rooms, once per seq, in order.
 
 Routing: each user's updates travel on a channel of their own
 (``<prefix>:u:<user>``); a worker listens to the channels of the users it
-holds connections of (:meth:`FanoutManager.watch`), plus Flask-SocketIO's
-shared channel for emits made through its message queue.
-
-:class:`FanoutManager` is python-socketio's client manager for Redis; the
-pub/sub connection is a :class:`gateway.listener.Listener` of the gateway's
-own (confirmed subscriptions, reconnection with backoff, ``listening`` for
-``/readyz``), for which the manager is the sink. A malformed queue message is
-logged and skipped, a failing handler is logged once with its traceback,
-and neither stops the listener.
+holds connections of, plus Flask-SocketIO's shared channel for emits made
+through its message queue (:class:`gateway.listener.Listener`, read by
+:class:`gateway.manager.ClientManager`). :class:`Fanout` is the listener's
+sink and sends to the clients through :class:`Connections`, the one door
+into Engine.IO (:class:`gateway.engine.EngineConnections`). A failing send
+is logged once with its traceback and stops nothing.
 
 Speed: an update on a user's channel (``u1 <topic> <user> <ts> <seq>``, then
 the payload; see :class:`gateway.protocol.Routed`) is sent to the room's
@@ -21,150 +18,76 @@ clients. Its counts go to /metrics in batches (:class:`metrics.FanoutTally`).
 Ordering and catch-up, per room (one user's topic) on this worker, decided
 by :class:`gateway.sequencer.RoomSequencer` without I/O:
 
-- an update is emitted only if its seq is above the last one this worker
-  emitted to the room, so nothing reaches a client twice or out of order;
-- after a reconnect, before reading on, the listener sends each room what
-  history holds past its last seq (or the latest as a snapshot when history
-  no longer reaches back), and notices a Redis that lost its counters;
-- a client being brought up to date (:meth:`FanoutManager.holding`) has its
-  live updates held back until what it missed was sent, then gets the held
-  ones that are newer: every seq once, in order.
+- an update is sent only if its seq is above the last one this worker
+  sent to the room, so nothing reaches a client twice or out of order;
+- after a reconnect, before reading on, each room is sent what history
+  holds past its last seq, and a Redis that lost its counters is noticed;
+- a client being brought up to date (:meth:`Fanout.holding`) has its live
+  updates held back until what it missed was sent, then gets the held ones
+  that are newer: every seq once, in order.
+
+A Flask-SocketIO emit to a user's room is delivered every time, unchanged:
+the gateway reads no seq it did not assign, and only holds it back, like an
+update, from a client that catches up.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-import redis
-import socketio
 from engineio import packet as eio_packet
 from redis.exceptions import RedisError
 
 from gateway import metrics, protocol
 from gateway.history import Catchup, History
-from gateway.listener import POLL_SECONDS, Listener
-from gateway.sequencer import NOBODY, Held, RoomSequencer, newer
+from gateway.listener import POLL_SECONDS
+from gateway.sequencer import Held, RoomSequencer, newer
 
 log = logging.getLogger(__name__)
 
 #: Seconds the fan-out's counts may wait in memory before they are written to /metrics.
 FLUSH_SECONDS = 0.25
-_UPDATE_MARK = protocol.UPDATE_MARK.encode()
 
 
-class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
-    """Receives the queue channel and emits each message to local rooms."""
+class Connections(Protocol):
+    """This worker's clients, as the fan-out reaches them."""
 
-    name = "gateway-fanout"
+    def members(self, room: str | None) -> Mapping[str, str]:
+        """The clients in ``room``: Socket.IO sid -> Engine.IO sid.
 
-    def __init__(
-        self,
-        channel: str,
-        redis_factory: Callable[[], redis.Redis],
-        history: History,
-        topics: tuple[str, ...] = (),
-        queue_methods: tuple[str, ...] = ("emit",),
-    ) -> None:
-        super().__init__(url="redis://", channel=channel, logger=log)
-        self._redis_factory = redis_factory
+        Each client is alone in the room of its sid; the room None holds every client.
+        """
+
+    def send(self, eio_sid: str, packet: eio_packet.Packet) -> None:
+        """Queue ``packet`` for one Engine.IO session."""
+
+
+def _message(socketio_packet: str) -> eio_packet.Packet:
+    return eio_packet.Packet(eio_packet.MESSAGE, socketio_packet)
+
+
+class Fanout:
+    """The listener's sink: updates and queue emits to local rooms, with the catch-up of subscribing clients."""
+
+    def __init__(self, connections: Connections, history: History, topics: tuple[str, ...] = ()) -> None:
+        self.connections = connections
         self.history = history
-        #: the pub/sub connection: the queue channel and each watched user's channel
-        self.listener = Listener(redis_factory, channel, partial(protocol.user_channel, history.prefix))
         #: topics counted by name; other event names of queue emits are counted as "other"
         self.topics = frozenset(topics)
-        #: what a Flask-SocketIO queue message may ask (GATEWAY_QUEUE_METHODS)
-        self.queue_methods = frozenset(queue_methods)
-        self._refusals_logged: set[str] = set()
         #: called after the listener came back (the heartbeat re-asserts records)
         self.on_reconnect: Callable[[], None] = lambda: None
         #: each room's order: its last seq, the clients catching up and what is held for them
         self.sequencer = RoomSequencer()
         #: the Redis data generation the seqs belong to (see _check_epoch)
         self.epoch: str | None = None
-        #: (namespace, sid) -> the rooms the client is in, None and its own included
-        self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
         self.tally = metrics.FanoutTally()
         self._flushed = time.monotonic()
 
-    @property
-    def listening(self) -> bool:
-        """Whether updates can reach this worker (``/readyz``)."""
-        return self.listener.listening
-
-    @property
-    def receiving(self) -> threading.Event:
-        """Set while the listener is subscribed to every channel, for those who wait on it."""
-        return self.listener.receiving
-
-    def stop(self) -> None:
-        """Ask the listener to finish; it does within a second."""
-        self.listener.stop()
-
-    def watch(self, user: str) -> None:
-        """Receive ``user``'s updates here; return once Redis confirmed it (:meth:`Listener.watch`)."""
-        self.listener.watch(user)
-
-    def unwatch(self, user: str) -> None:
-        """One local connection of ``user`` no longer needs its channel."""
-        self.listener.unwatch(user)
-
-    # python-socketio finds a client's rooms by scanning every room of the
-    # namespace, on each disconnect and each rooms() call: quadratic when
-    # thousands of clients leave at once (a worker stopped, a network blip).
-    # The manager keeps an index of each client's rooms instead.
-
-    def basic_enter_room(self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
-
-    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        rooms = self._sid_rooms.get((namespace, sid))
-        if rooms is not None:
-            rooms.discard(room)
-
-    def get_rooms(self, sid: str, namespace: str) -> list[str]:
-        return [room for room in self._sid_rooms.get((namespace, sid), ()) if room is not None]
-
-    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
-        """As python-socketio's, but leaving only the client's own rooms."""
-        for room in self._sid_rooms.pop((namespace, sid), set()):
-            super().basic_leave_room(sid, namespace, room)
-        self.callbacks.pop(sid, None)
-        for pending in (self.pending_connect, self.pending_disconnect):
-            if sid in pending.get(namespace, ()):
-                pending[namespace].remove(sid)
-                if not pending[namespace]:
-                    del pending[namespace]
-
-    # The listener's sink, and python-socketio's backend parts.
-
-    def _thread(self) -> None:
-        """python-socketio's listening task: the gateway's listener, with this manager as its sink."""
-        self.listener.run(self)
-
-    def _publish(self, data: Any) -> None:
-        """Publish on the queue channel through the gateway's Redis client; raises rather than drops."""
-        self._redis_factory().publish(self.channel, self.json.dumps(data))
-
-    def on_message(self, data: bytes) -> None:
-        if data.startswith(_UPDATE_MARK):
-            self._route(data)
-            return
-        try:
-            message = self.json.loads(data)
-        except ValueError:
-            log.warning("fan-out skipped a message that is not JSON (%d bytes)", len(data))
-            return
-        if isinstance(message, dict):
-            self._dispatch(message)
+    # The listener's sink.
 
     def on_connect(self, again: bool) -> None:
         if self.epoch is None:
@@ -181,67 +104,73 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             self._flushed = now
         return FLUSH_SECONDS if self.tally else POLL_SECONDS
 
-    def _route(self, message: bytes) -> None:
-        """Send an update from a user's channel to its room."""
+    # What arrives.
+
+    def on_update(self, message: bytes) -> None:
+        """An update from a user's channel, to its room."""
         try:
             update = protocol.parse_routed(message)
         except ValueError:
             log.warning("fan-out skipped a malformed update message (%d bytes)", len(message))
             return
+        self.tally.received[update.topic] += 1
         try:
-            self._emit_update(update)
+            sent = self._send_seq(update.room, update.topic, update.seq, update.socketio_packet)
         except Exception:
             log.exception("fan-out of an update to %s failed", update.room)
-
-    def _emit_update(self, update: protocol.Routed) -> None:
-        """Emit to the local room: once per seq, in order, holding back clients that catch up."""
-        self.tally.received[update.topic] += 1
-        if self._emit_seq(update.room, update.topic, update.seq, update.socketio_packet):
+            return
+        if sent:
             self.tally.latencies.append(max(0.0, time.time() - update.ts))
 
-    def _emit_seq(self, room: str, topic: str, seq: int, encode: Callable[[], str]) -> bool:
+    def on_emit(self, message: dict[str, Any]) -> None:
+        """A Flask-SocketIO queue emit to a user's room: its data to the room's clients, unchanged, every time."""
+        event, room, data = str(message.get("event")), str(message.get("room")), message.get("data")
+        label = self.label(event)
+        self.tally.received[label] += 1
+        members = self.connections.members(room)
+        if not members:
+            return
+        packet = _message(protocol.event_packet(event, protocol.queue_emit_args(data)))
+        skip = self.sequencer.skip(room, None, event, data=data, packet=packet)
+        self.tally.delivered[label] += self._send_all(members, packet, skip)
+
+    def passed_on(self, message: dict[str, Any]) -> None:
+        """Count a queue emit python-socketio delivers (to every client, or with a callback)."""
+        label = self.label(str(message.get("event")))
+        self.tally.received[label] += 1
+        self.tally.delivered[label] += len(self.connections.members(message.get("room")))
+
+    def label(self, event: str) -> str:
+        """The event's name in /metrics: a topic, or ``other``."""
+        return event if event in self.topics else "other"
+
+    def _send_seq(self, room: str, topic: str, seq: int, encode: Callable[[], str]) -> bool:
         """Send update ``seq`` to the room's clients unless the room had it; True when sent."""
-        members = self.rooms.get("/", {}).get(room)
-        if not members or not self._advance(room, topic, seq):
+        members = self.connections.members(room)
+        if not members:
             return False
-        packet = eio_packet.Packet(eio_packet.MESSAGE, encode())
+        if not self.sequencer.admit(room, seq):
+            self.tally.skipped[topic] += 1
+            return False
+        packet = _message(encode())
         skip = self.sequencer.skip(room, seq, topic, packet=packet)
+        self.tally.delivered[topic] += self._send_all(members, packet, skip)
+        return True
+
+    def _send_all(self, members: Mapping[str, str], packet: eio_packet.Packet, skip: Any) -> int:
         sent = 0
         for sid, eio_sid in list(members.items()):
             if sid not in skip:
-                self.server._send_eio_packet(eio_sid, packet)
+                self.connections.send(eio_sid, packet)
                 sent += 1
-        self.tally.delivered[topic] += sent
-        return True
+        return sent
 
-    def _advance(self, room: str, topic: str, seq: int) -> bool:
-        """Whether ``seq`` is new to ``room`` (then it becomes the room's last); a repeat is counted as skipped."""
-        if self.sequencer.admit(room, seq):
-            return True
-        self.tally.skipped[topic] += 1
-        return False
+    def _send_to(self, sid: str, packet: eio_packet.Packet) -> None:
+        eio_sid = self.connections.members(sid).get(sid)
+        if eio_sid is not None:
+            self.connections.send(eio_sid, packet)
 
-    def _handle_emit(self, message: dict[str, Any]) -> None:
-        """A Flask-SocketIO queue message: its payload to the room, unchanged, every time.
-
-        The gateway reads no ``seq`` it did not assign: a compatibility emit is
-        never deduplicated, only held back, like updates, from a client that
-        catches up.
-        """
-        event = str(message.get("event"))
-        label = event if event in self.topics else "other"
-        room = message.get("room")
-        members = self.rooms.get("/", {}).get(room, ())
-        self.tally.received[label] += 1
-        if not members:
-            return
-        skip: AbstractSet[str] = NOBODY
-        if isinstance(room, str):
-            skip = self.sequencer.skip(room, None, event, data=message.get("data"))
-        if skip:
-            message = {**message, "skip_sid": list(skip)}
-        super()._handle_emit(message)
-        self.tally.delivered[label] += len(members) - len(skip)
+    # Catch-up.
 
     def holding(self, sid: str, rooms: list[str]) -> HeldBack:
         """Hold the live updates of ``rooms`` back from ``sid`` while it is brought up to date.
@@ -252,33 +181,25 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
         """
         return HeldBack(self, sid, rooms)
 
-    def _deliver_caught_up(self, sid: str, room: str, caught: Catchup, held: list[Held]) -> None:
+    def deliver_caught_up(self, sid: str, room: str, caught: Catchup, held: list[Held]) -> None:
+        """Send ``sid`` what it missed of ``room``, then what was held back from it that is newer."""
         last = 0
         for missed in caught.updates:
-            self._send(sid, str(missed["topic"]), missed)
+            topic = str(missed["topic"])
+            self._send_to(sid, _message(protocol.event_packet(topic, [missed])))
             last = int(missed["seq"])
         # The client is level with the seq history was read at: what was held up to it, it has
         # (sent just now, or already held when it subscribed, or behind the snapshot it was sent).
         wanted, last = newer(held, max(last, caught.current))
         for item in wanted:
-            self._deliver(sid, item)
+            self._send_to(sid, item.packet)
         self.sequencer.settle(sid, room, last, caught.current)
-
-    def _send(self, sid: str, event: str, data: Any) -> None:
-        self.server.emit(event, data, to=sid, namespace="/", ignore_queue=True)
-
-    def _deliver(self, sid: str, item: Held) -> None:
-        if item.packet is None:
-            data = item.data
-            self._send(sid, item.event, data[0] if isinstance(data, list) and len(data) == 1 else data)
-            return
-        eio_sid = self.eio_sid_from_sid(sid, "/")
-        if eio_sid is not None:
-            self.server._send_eio_packet(eio_sid, item.packet)
 
     def forget_empty_rooms(self) -> None:
         """Drop what is known of rooms this worker no longer serves."""
-        self.sequencer.forget(self.rooms.get("/", {}))
+        self.sequencer.forget(_Occupied(self.connections))
+
+    # Redis failures.
 
     def _check_epoch(self) -> None:
         """Notice a Redis that lost its data: its epoch key is gone or new.
@@ -315,62 +236,21 @@ class FanoutManager(socketio.RedisManager):  # type: ignore[misc]
             for update in missed.updates:
                 if missed.snapshot:
                     self.sequencer.last_seq[room] = 0  # a snapshot repeats a seq the room may hold
-                self._emit_seq(room, topic, int(update["seq"]), partial(_event_packet, topic, update))
+                self._send_seq(room, topic, int(update["seq"]), partial(protocol.event_packet, topic, [update]))
             if missed.updates:
                 metrics.UPDATES_REPLAYED.labels(topic=topic).inc(len(missed.updates))
 
-    def _dispatch(self, data: dict[str, Any]) -> None:
-        """Act on a Flask-SocketIO queue message, if GATEWAY_QUEUE_METHODS allows what it asks."""
-        method = str(data.get("method"))
-        if method == "emit" and data.get("room") is None:
-            method = "broadcast"
-        refusal = self._queue_refusal(method, data)
-        if refusal is not None:
-            self._refuse(refusal, method)
-            return
-        if method != "callback" and data.get("host_id") == self.host_id:
-            return
-        handler = {
-            "emit": self._handle_emit,
-            "broadcast": self._handle_emit,
-            "callback": self._handle_callback,
-            "disconnect": self._handle_disconnect,
-            "enter_room": self._handle_enter_room,
-            "leave_room": self._handle_leave_room,
-            "close_room": self._handle_close_room,
-        }[method]
-        if "callback" not in self.queue_methods:
-            data.pop("callback", None)
-        try:
-            handler(data)
-        except Exception:
-            log.exception("fan-out of a %r message failed", method)
 
-    def _queue_refusal(self, method: str, data: dict[str, Any]) -> str | None:
-        """Why a queue message is refused (the method, or what is wrong with an emit), or None."""
-        if method not in self.queue_methods:
-            return method if method in protocol.QUEUE_METHODS else "unknown"
-        if method in ("emit", "broadcast"):
-            if data.get("namespace") not in (None, "/") or data.get("binary"):
-                return "bad_emit"
-            if method == "emit" and not protocol.is_user_room(data.get("room")):
-                return "bad_room"
-        return None
+class _Occupied:
+    """The rooms that have a client, as a container."""
 
-    def _refuse(self, reason: str, method: str) -> None:
-        metrics.QUEUE_REFUSED.labels(reason=reason).inc()
-        if reason in self._refusals_logged:
-            return
-        self._refusals_logged.add(reason)
-        log.warning(
-            "fan-out refused a queue message (%s: %r); GATEWAY_QUEUE_METHODS allows %s; further ones are counted "
-            "in gateway_queue_refused_total only", reason, method[:40], ",".join(sorted(self.queue_methods)),
-        )
+    __slots__ = ("_connections",)
 
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
 
-def _event_packet(topic: str, update: dict[str, Any]) -> str:
-    """The Socket.IO EVENT packet of an update read back from history."""
-    return "2" + json.dumps([topic, update], separators=(",", ":"), ensure_ascii=False)
+    def __contains__(self, room: object) -> bool:
+        return isinstance(room, str) and bool(self._connections.members(room))
 
 
 class HeldBack:
@@ -378,7 +258,7 @@ class HeldBack:
 
     __slots__ = ("_fanout", "_sid", "_rooms", "_held")
 
-    def __init__(self, fanout: FanoutManager, sid: str, rooms: list[str]) -> None:
+    def __init__(self, fanout: Fanout, sid: str, rooms: list[str]) -> None:
         self._fanout = fanout
         self._sid = sid
         self._rooms = rooms
@@ -395,4 +275,4 @@ class HeldBack:
     def deliver(self, found: dict[str, Catchup]) -> None:
         """Send each room what the client missed (``found``), then the held updates newer than it."""
         for room in self._rooms:
-            self._fanout._deliver_caught_up(self._sid, room, found.get(room, Catchup()), self._held.get(room, []))
+            self._fanout.deliver_caught_up(self._sid, room, found.get(room, Catchup()), self._held.get(room, []))

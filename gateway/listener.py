@@ -2,7 +2,8 @@
 
 :class:`Listener` imports no Socket.IO. It listens to Flask-SocketIO's queue
 channel and to the channel of every user whose connections this worker holds
-(:meth:`Listener.watch`), and hands each message to a :class:`Sink`:
+(:meth:`Listener.watch`), and yields each message (:meth:`Listener.messages`),
+telling a :class:`Sink` of each connection:
 
 - a watch returns once Redis confirmed the channel, so that a caller never
   reads history before the user's updates flow to this worker;
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import redis
@@ -42,16 +43,20 @@ SUBSCRIBE_BATCH = 1000
 
 
 class Sink(Protocol):
-    """What the listener calls: the fan-out."""
-
-    def on_message(self, data: bytes) -> None:
-        """One message from any of the channels, in the order Redis sent them."""
+    """What the listener tells as it reads: the fan-out."""
 
     def on_connect(self, again: bool) -> None:
         """Subscribed to every channel (``again``: after a failure); nothing is read until this returns."""
 
     def on_idle(self, busy: bool) -> float:
         """Called between reads; returns how long the next read may wait (``busy``: a message just came)."""
+
+
+class MessageSink(Sink, Protocol):
+    """A sink that also takes the messages, for :meth:`Listener.run`."""
+
+    def on_message(self, data: bytes) -> None:
+        """One message from any of the channels, in the order Redis sent them."""
 
 
 class Listener:
@@ -115,8 +120,18 @@ class Listener:
 
     # The loop.
 
-    def run(self, sink: Sink) -> None:
+    def run(self, sink: MessageSink) -> None:
         """Hand every message to ``sink`` until :meth:`stop`, through any number of Redis failures."""
+        for data in self.messages(sink):
+            sink.on_message(data)
+
+    def messages(self, sink: Sink) -> Iterator[bytes]:
+        """Every message of the channels, in the order Redis sent them, until :meth:`stop`.
+
+        Through any number of Redis failures; ``sink`` hears of each
+        (re)connection before the next message, and is asked between reads
+        how long the next may wait.
+        """
         failures = 0
         wait = POLL_SECONDS
         while not self._stopping.is_set():
@@ -143,7 +158,7 @@ class Listener:
                     continue
                 if message["type"] == "message":
                     busy = True
-                    sink.on_message(message["data"])
+                    yield message["data"]
                 elif message["type"] == "subscribe":
                     self._confirm(message)
             wait = sink.on_idle(busy)

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import BadRequest, Code
 
@@ -22,6 +23,8 @@ USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@|:-]{0,127}")
 MAX_TOPICS_PER_REQUEST = 64
 #: The Socket.IO namespace every client uses.
 NAMESPACE = "/"
+#: The Redis channel of Flask-SocketIO's message queue (its default), where backends' emits arrive.
+QUEUE_CHANNEL = "flask-socketio"
 #: What a Flask-SocketIO queue message may ask of the workers: ``emit`` to a
 #: room, ``broadcast`` (an emit to no room: every client), and the library's
 #: room and session control (``GATEWAY_QUEUE_METHODS``).
@@ -215,6 +218,24 @@ class Routed:
     def socketio_packet(self) -> str:
         """The Socket.IO EVENT packet of the default namespace: ``2["<topic>",<payload>]``."""
         return f'2["{self.topic}",{self.payload}]'
+
+
+def event_packet(event: str, args: list[Any]) -> str:
+    """The Socket.IO EVENT packet of the default namespace that emits ``event`` with ``args``."""
+    return "2" + json.dumps([event, *args], separators=(",", ":"), ensure_ascii=False)
+
+
+def queue_emit_args(data: object) -> list[Any]:
+    """The arguments a Flask-SocketIO queue emit's ``data`` stands for, as python-socketio reads them.
+
+    A list is the emit's arguments, except that a one-element list is its one
+    argument as is; anything else is one argument, and None none.
+    """
+    if isinstance(data, list):
+        data = data[0] if len(data) == 1 else tuple(data)
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]
 
 
 def parse_routed(message: bytes | str) -> Routed:

@@ -35,11 +35,10 @@ from typing import Any
 import socketio
 from socketio import packet as sio_packet
 
-from gateway import metrics
+from gateway import engine, metrics
 from gateway.errors import ClientMistake
 from gateway.inbound import NAMESPACE, socketio_refusal
 from gateway.mistakes import client_mistake
-from gateway.transport import cut_session
 from gateway.websocket import POLICY_VIOLATION
 
 log = logging.getLogger(__name__)
@@ -79,20 +78,11 @@ class StrictPacket(sio_packet.Packet):  # type: ignore[misc]
         return attachments
 
 
-class _Forgetful(set[str]):
-    """python-engineio logs a kind of client error at ERROR once, then at INFO; this makes every one an ERROR,
-    so that :class:`gateway.mistakes.LibraryLog` counts each."""
-
-    def add(self, _key: str) -> None:
-        return None
-
-
 class SessionGuard:
     """The Engine.IO sessions of one Socket.IO server, held to the protocol and to a deadline to authenticate."""
 
     def __init__(self, server: socketio.Server, auth_timeout: float, max_unauthenticated: int = MAX_UNAUTHENTICATED):
         self.server = server
-        self.eio = server.eio
         self.auth_timeout = auth_timeout
         self.max_unauthenticated = max_unauthenticated
         #: eio sid -> monotonic deadline of its CONNECT, oldest first (every deadline is as long)
@@ -103,12 +93,8 @@ class SessionGuard:
 
     def install(self) -> None:
         """Handle each connection's messages in order in its reader, and wrap python-socketio's handlers."""
-        self.server.async_handlers = False
-        self.eio.async_handlers = False
-        self.eio.log_message_keys = _Forgetful()
-        for event, own in (("connect", self._connect), ("message", self._message), ("disconnect", self._disconnect)):
-            self._handlers[event] = self.eio.handlers[event]
-            self.eio.on(event, own)
+        own = {"connect": self._connect, "message": self._message, "disconnect": self._disconnect}
+        self._handlers = engine.take_handlers(self.server, own)
 
     # Around python-socketio's handlers.
 
@@ -161,15 +147,13 @@ class SessionGuard:
         """End a session politely: what is queued, then Engine.IO's CLOSE, then the WebSocket close."""
         self.unauthenticated.pop(eio_sid, None)
         self.refused.pop(eio_sid, None)
-        session = self.eio.sockets.get(eio_sid)
-        if session is not None:
-            session.close(wait=False, abort=False, reason=self.eio.reason.SERVER_DISCONNECT)
+        engine.close_session(self.server, eio_sid)
 
     def cut(self, eio_sid: str) -> None:
         """End a session that broke the protocol: nothing more is sent but a close frame (1008)."""
         self.unauthenticated.pop(eio_sid, None)
         self.refused.pop(eio_sid, None)
-        cut_session(self.server, eio_sid, POLICY_VIOLATION)
+        engine.cut_session(self.server, eio_sid, POLICY_VIOLATION)
 
     # The deadline to authenticate, and the report.
 
@@ -191,10 +175,9 @@ class SessionGuard:
         return len(expired)
 
     def report(self) -> None:
-        held = self.server.manager.rooms.get(NAMESPACE, {}).get(None, {})
-        metrics.SESSIONS.labels(state="engineio").set(len(self.eio.sockets))
+        metrics.SESSIONS.labels(state="engineio").set(engine.session_count(self.server))
         metrics.SESSIONS.labels(state="unauthenticated").set(len(self.unauthenticated))
-        metrics.SESSIONS.labels(state="socketio").set(len(held))
+        metrics.SESSIONS.labels(state="socketio").set(engine.socketio_session_count(self.server))
 
 
 def _due(deadlines: dict[str, float], now: float) -> list[str]:

@@ -1,4 +1,4 @@
-"""The connection under the Socket.IO session: HTTP request, WebSocket upgrade, pings, outbound cap.
+"""The connection under the Socket.IO session: the HTTP request and the WebSocket upgrade.
 
 :class:`Handler` is the worker's gevent WSGI handler (gunicorn's
 ``wsgi_handler``), gevent-websocket's with what the internet requires:
@@ -17,9 +17,8 @@
   fault is logged once at ERROR through ``logging``;
 - **a small read buffer**: 1 KiB instead of gevent's 8 KiB per connection.
 
-:class:`Pinger` sends every connection's Engine.IO pings from one greenlet
-instead of one per ping, and :class:`OutboundLimit` cuts a client whose
-outbound queue fills up.
+What happens on the session above it (pings, outbound cap, cutting it) is
+in :mod:`gateway.engine`.
 """
 
 from __future__ import annotations
@@ -28,19 +27,15 @@ import base64
 import binascii
 import hashlib
 import logging
-import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
-from engineio import packet as eio_packet
-from engineio import socket as eio_socket
+import socketio
 from geventwebsocket.handler import WebSocketHandler
 
-from gateway import metrics
+from gateway import engine
 from gateway.inbound import InboundLimits, engineio_refusal
 from gateway.mistakes import client_gone, client_mistake, connect_refused, is_client_gone
 from gateway.websocket import WebSocket
@@ -66,18 +61,15 @@ def _none(_environ: dict[str, Any]) -> str | None:
     return None
 
 
-def upgrade_refusal(eio: Any, websockets: int) -> Refusal:
+def upgrade_refusal(server: socketio.Server, websockets: int) -> Refusal:
     """What a worker refuses before a WebSocket upgrade: more than ``websockets`` sessions, or a browser
     origin python-engineio would refuse (it would do so only after the upgrade, with no status to show)."""
 
     def refusal(environ: dict[str, Any]) -> str | None:
-        if len(eio.sockets) >= websockets:
+        if engine.session_count(server) >= websockets:
             return "worker_full"
-        origin = environ.get("HTTP_ORIGIN")
-        if origin and eio.cors_allowed_origins != []:
-            allowed = eio._cors_allowed_origins(environ)
-            if allowed is not None and origin not in allowed:
-                return "bad_origin"
+        if engine.origin_refused(server, environ):
+            return "bad_origin"
         return None
 
     return refusal
@@ -230,129 +222,3 @@ class ClientGoneMiddleware:
                 raise
             client_gone(exc, path=environ.get("PATH_INFO"))
             return []
-
-
-class OutboundLimit:
-    """Caps the packets queued for one connection.
-
-    A client that stops reading while updates keep coming would grow its
-    queue without bound. At ``limit`` queued packets the connection is cut:
-    its records are removed by the disconnect handler, its TCP connection is
-    shut so that its buffers are freed at once, and it is counted as
-    ``gateway_send_failures_total{reason="slow_client"}``. The client
-    reconnects and resubscribes like after any network loss.
-
-    Installed in place of the Socket.IO server's packet send, the one place
-    every outbound packet of the worker passes.
-    """
-
-    def __init__(self, server: Any, limit: int) -> None:
-        self.server = server
-        self.limit = limit
-        self._send = server._send_eio_packet
-        server._send_eio_packet = self
-
-    def __call__(self, eio_sid: str, packet: Any) -> None:
-        connection = self.server.eio.sockets.get(eio_sid)
-        if connection is not None and connection.queue.qsize() >= self.limit:
-            self._cut(eio_sid, connection)
-            return
-        self._send(eio_sid, packet)
-
-    def _cut(self, eio_sid: str, connection: Any) -> None:
-        if connection.closing or connection.closed:
-            return
-        metrics.SEND_FAILURES.labels(reason="slow_client").inc()
-        log.info("client cut off: %d packets queued and unread", self.limit, extra={"sid": eio_sid})
-        cut_session(self.server, eio_sid)
-
-
-def cut_session(server: Any, eio_sid: str, code: int | None = None) -> None:
-    """End one session of a Socket.IO ``server`` now, whatever it has queued.
-
-    The Engine.IO session is closed without a close packet (the client sees
-    a transport close and reconnects), then the WebSocket: with a close frame
-    of ``code`` (a protocol violation), or, with no code, by cutting the TCP
-    connection, so that a client that no longer reads or answers is not
-    waited for.
-    """
-    ws = server.environ.get(eio_sid, {}).get("wsgi.websocket")
-    session = server.eio.sockets.get(eio_sid)
-    if session is not None:
-        session.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
-    if isinstance(ws, WebSocket):
-        if code is None:
-            ws.abort()
-        else:
-            ws.close(code)
-
-
-class Pinger:
-    """Sends the Engine.IO pings of every connection of one server, from one greenlet.
-
-    python-engineio starts a greenlet for every ping it sends: it sleeps
-    ``ping_interval``, sends, and ends. Here ``install`` makes the server's
-    connections schedule their pings on one timetable, and ``run`` sends each
-    at its time until ``stopping`` is set. Every ping waits the same interval,
-    so pings fall due in the order they were scheduled, and a queue in that
-    order is the whole timetable. A ping is sent only to a connection still
-    open; ping timeouts are python-engineio's, unchanged. The timetable holds
-    connections weakly: one that ended is freed at once, not a ping interval
-    later (under churn, that would be every connection of the last 25 s).
-    """
-
-    def __init__(self, eio_server: Any) -> None:
-        self.eio = eio_server
-        self.interval = float(eio_server.ping_interval)
-        #: (monotonic time due, connection), in the order scheduled, which is the order due
-        self._due: deque[tuple[float, weakref.ref[Any]]] = deque()
-
-    def install(self) -> None:
-        """Route ``schedule_ping`` of this server's connections here; others keep their own."""
-        original = eio_socket.Socket.schedule_ping
-        pinger = self
-
-        def schedule_ping(connection: Any) -> None:
-            if connection.server is pinger.eio:
-                pinger.schedule(connection)
-            else:
-                original(connection)
-
-        eio_socket.Socket.schedule_ping = schedule_ping
-
-    def schedule(self, connection: Any) -> None:
-        # As python-engineio: only once the previous ping was sent (a pong
-        # that arrives twice must not schedule two pings).
-        if connection.last_ping:
-            connection.last_ping = None
-            self._due.append((time.monotonic() + self.interval, weakref.ref(connection)))
-
-    def run(self, stopping: threading.Event) -> None:
-        """Send pings as they fall due; return once ``stopping`` is set."""
-        while not stopping.is_set():
-            self.send_due(time.monotonic())
-            wait = self._due[0][0] - time.monotonic() if self._due else self.interval
-            stopping.wait(max(0.0, wait))
-
-    def send_due(self, now: float) -> int:
-        """Ping every connection due by ``now``; return how many were pinged."""
-        sent = 0
-        while self._due and self._due[0][0] <= now:
-            _, held = self._due.popleft()
-            connection = held()
-            if connection is None or connection.closing or connection.closed:
-                continue
-            connection.last_ping = time.time()
-            try:
-                connection.send(eio_packet.Packet(eio_packet.PING))
-            except Exception:
-                # One connection's fault must not stop every other connection's pings.
-                log.exception("sending a ping failed", extra={"sid": getattr(connection, "sid", None)})
-                continue
-            sent += 1
-        return sent
-
-    @property
-    def waiting(self) -> int:
-        """Connections with a ping scheduled."""
-        return len(self._due)

@@ -21,15 +21,16 @@ import redis
 from flask_socketio import SocketIO
 from redis.exceptions import RedisError
 
+from gateway import engine
 from gateway.config import Config
 from gateway.events import Gateway
-from gateway.fanout import FanoutManager
 from gateway.gunicorn_worker import stop_accepting
 from gateway.inbound import InboundLimits
 from gateway.lease import Heartbeat
+from gateway.listener import Listener
 from gateway.sessions import SessionGuard
 from gateway.subscriptions import Registry
-from gateway.transport import Handler, Pinger, cut_session, upgrade_refusal
+from gateway.transport import Handler, upgrade_refusal
 from gateway.websocket import WebSocket
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class GatewayWorker:
     config: Config
     redis: redis.Redis
     registry: Registry
-    fanout: FanoutManager
+    listener: Listener
     gateway: Gateway
     socketio: SocketIO
     heartbeat: Heartbeat
@@ -92,10 +93,8 @@ class GatewayWorker:
         """Take a lease, receive updates now, and stop when ``alive()`` turns false."""
         self.heartbeat.beat()
         server = self.socketio.server
-        if not server.manager_initialized:
-            server.manager_initialized = True
-            self.fanout.initialize()
-        pinger = Pinger(server.eio)
+        engine.start_manager(server)
+        pinger = engine.Pinger(server.eio)
         pinger.install()
         self.socketio.start_background_task(pinger.run, self.stopping)
         self.socketio.start_background_task(self.guard.run, self.stopping)
@@ -103,7 +102,7 @@ class GatewayWorker:
         self.socketio.start_background_task(self._watch, alive)
         # Serve only once updates can flow; a Redis that is away delays no
         # more than this, and /readyz tells the load balancer meanwhile.
-        if not self.fanout.receiving.wait(START_SECONDS):
+        if not self.listener.receiving.wait(START_SECONDS):
             log.warning("worker serving before its fan-out listener reached Redis", extra={"worker": self.worker_id})
         log.info("worker started", extra={"worker": self.worker_id})
 
@@ -117,7 +116,7 @@ class GatewayWorker:
         websockets = capacity - max(1, min(HTTP_RESERVE, capacity // 20))
         return Handler.configured(
             InboundLimits.for_messages_of(self.config.max_message_bytes),
-            upgrade_refusal(self.socketio.server.eio, websockets),
+            upgrade_refusal(self.socketio.server, websockets),
             head_seconds=self.config.auth_timeout,
         )
 
@@ -151,9 +150,9 @@ class GatewayWorker:
         self.stopped = True
         self.stopping.set()
         stop_accepting()
-        self.fanout.stop()
+        self.listener.stop()
         self.gateway.worker_stopping = True
-        closed = self._close_clients()
+        closed = engine.cut_every_session(self.socketio.server)
         try:
             dropped = self.registry.drop_worker(self.worker_id)
         except RedisError:
@@ -163,10 +162,3 @@ class GatewayWorker:
             "worker stopped: %d clients sent away, the records of %d connections removed", closed, dropped,
             extra={"worker": self.worker_id},
         )
-
-    def _close_clients(self) -> int:
-        server = self.socketio.server
-        sessions = list(server.eio.sockets)
-        for eio_sid in sessions:
-            cut_session(server, eio_sid)
-        return len(sessions)

@@ -15,18 +15,21 @@ from functools import partial
 from flask import Flask
 from flask_socketio import SocketIO
 
-from gateway import health, logs
+from gateway import health, logs, protocol
 from gateway.auth import TokenVerifier
 from gateway.config import Config
+from gateway.engine import EngineConnections, OutboundLimit
 from gateway.events import Gateway
-from gateway.fanout import FanoutManager
+from gateway.fanout import Fanout
 from gateway.history import History
 from gateway.lease import Heartbeat, new_worker_id
+from gateway.listener import Listener
+from gateway.manager import ClientManager, QueueFilter
 from gateway.mistakes import LibraryLog
 from gateway.redis_client import connect
 from gateway.sessions import SessionGuard, StrictPacket
 from gateway.subscriptions import Registry
-from gateway.transport import ClientGoneMiddleware, OutboundLimit
+from gateway.transport import ClientGoneMiddleware
 from gateway.worker import Draining, GatewayWorker
 
 
@@ -42,12 +45,15 @@ def create_app(config: Config | None = None) -> Flask:
     history = History(client, config.key_prefix)
     # The listener's own connection never retries inside redis-py: a lost
     # connection must reach the listener, which then replays what it missed.
-    fanout = FanoutManager(
-        config.channel, partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), history,
-        topics=config.topics, queue_methods=config.queue_methods,
+    listener = Listener(
+        partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), protocol.QUEUE_CHANNEL,
+        partial(protocol.user_channel, config.key_prefix),
     )
+    manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods))
+    connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)
+    fanout = manager.fanout = Fanout(connections, history, config.topics)
     gateway = Gateway(
-        registry, history, fanout, TokenVerifier(config), config.topics, config.max_connections_per_user
+        registry, history, fanout, listener, TokenVerifier(config), config.topics, config.max_connections_per_user
     )
     heartbeat = Heartbeat(
         registry, config.heartbeat_seconds, gateway.reassert, gateway.releases, tidy=fanout.forget_empty_rooms
@@ -55,28 +61,27 @@ def create_app(config: Config | None = None) -> Flask:
     fanout.on_reconnect = heartbeat.wake
 
     app = Flask("gateway")
-    socketio = _socketio(app, config, fanout)
+    socketio = _socketio(app, config, manager)
     gateway.register(socketio)
-    OutboundLimit(socketio.server, config.send_queue_limit)
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()
-    checks = [health.redis_answers(client.ping), _listener_check(fanout), _lease_check(heartbeat)]
+    checks = [health.redis_answers(client.ping), _listener_check(listener), _lease_check(heartbeat)]
     app.register_blueprint(health.blueprint(checks, registry.published))
     stopping = threading.Event()
     app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]
     app.extensions["gateway"] = GatewayWorker(
-        config, client, registry, fanout, gateway, socketio, heartbeat, guard, stopping
+        config, client, registry, listener, gateway, socketio, heartbeat, guard, stopping
     )
     return app
 
 
-def _socketio(app: Flask, config: Config, fanout: FanoutManager) -> SocketIO:
+def _socketio(app: Flask, config: Config, manager: ClientManager) -> SocketIO:
     """The Socket.IO server: the gateway's client manager, packet grammar and library logs, one message of a
     connection at a time."""
     return SocketIO(
         app,
         async_mode="gevent",
-        client_manager=fanout,
+        client_manager=manager,
         cors_allowed_origins=_cors(config),
         cors_credentials=False,  # no cookie or HTTP auth is ever used
         transports=list(config.transports),
@@ -103,9 +108,9 @@ def _lease_check(heartbeat: Heartbeat) -> health.Check:
     return check
 
 
-def _listener_check(fanout: FanoutManager) -> health.Check:
+def _listener_check(listener: Listener) -> health.Check:
     def check() -> str | None:
-        return None if fanout.listening else "listener_down"
+        return None if listener.listening else "listener_down"
 
     return check
 

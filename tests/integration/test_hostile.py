@@ -21,6 +21,7 @@ import pytest
 import redis
 import socketio
 
+from gateway import protocol
 from gateway.publisher import Publisher
 from tests.integration.rawws import CONTINUATION, RawClient, frame
 from tests.integration.support import (
@@ -445,7 +446,7 @@ def test_queue_methods_not_allowed_are_refused_and_counted(
     reason = method
     before = metric(hostile, "gateway_queue_refused_total", reason=reason)
     # What any process with access to Redis can publish on Flask-SocketIO's channel.
-    redis_client.publish(hostile.config.channel, json.dumps(message))
+    redis_client.publish(protocol.QUEUE_CHANNEL, json.dumps(message))
     wait_for(lambda: metric(hostile, "gateway_queue_refused_total", reason=reason) == before + 1, 5,
              f"{method} refused")
     assert witness.sio.connected

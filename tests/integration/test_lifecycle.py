@@ -196,7 +196,7 @@ def paced_flood(gateway: GatewayProcess, user: str, count: int) -> None:
 
 
 def test_every_connection_is_pinged_each_interval_and_stays_up(start_gateway: StartGateway) -> None:
-    """One greenlet pings every connection (gateway.transport.Pinger): each
+    """One greenlet pings every connection (gateway.engine.Pinger): each
     client that answers gets a ping every interval and is never dropped."""
     gateway = start_gateway(GATEWAY_WORKERS="1", GATEWAY_PING_INTERVAL="1", GATEWAY_PING_TIMEOUT="2")
     url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"

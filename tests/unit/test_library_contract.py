@@ -9,16 +9,26 @@ gateway code named, then this test.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import engineio
+import gevent
 import gevent.baseserver
 import gevent.pywsgi
 import gunicorn.arbiter
+import pytest
+import redis
 import socketio
 from engineio import socket as eio_socket
 from geventwebsocket.handler import WebSocketHandler
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from socketio import packet as sio_packet
+
+from gateway import protocol
+from gateway.listener import Listener
+from gateway.manager import ClientManager
 
 
 def parameters(function: Any) -> list[str]:
@@ -33,7 +43,7 @@ def a_server() -> socketio.Server:
 
 
 def test_engineio_socket_schedules_its_pings_through_a_method() -> None:
-    """transport.Pinger.install replaces Socket.schedule_ping and reads and writes Socket.last_ping."""
+    """engine.Pinger.install replaces Socket.schedule_ping and reads and writes Socket.last_ping."""
     assert callable(eio_socket.Socket.schedule_ping)
     connection = eio_socket.Socket(a_server().eio, "sid")
     assert hasattr(connection, "last_ping")
@@ -41,15 +51,15 @@ def test_engineio_socket_schedules_its_pings_through_a_method() -> None:
 
 
 def test_engineio_socket_has_its_queue_and_a_close_with_a_reason() -> None:
-    """transport.OutboundLimit reads Socket.queue.qsize(); cut_session and SessionGuard call close(..., reason)."""
+    """engine.OutboundLimit reads Socket.queue.qsize(); engine.cut_session and close_session call close(..., reason)."""
     connection = eio_socket.Socket(a_server().eio, "sid")
     assert connection.queue.qsize() == 0
     assert {"wait", "abort", "reason"} <= set(parameters(connection.close))
 
 
 def test_engineio_server_keeps_its_sessions_handlers_and_reasons() -> None:
-    """upgrade_refusal counts Server.sockets; SessionGuard wraps Server.handlers, sets log_message_keys and
-    async_handlers; cut_session uses Server.reason.SERVER_DISCONNECT."""
+    """engine.session_count counts Server.sockets; engine.take_handlers wraps Server.handlers and sets
+    log_message_keys and async_handlers; engine.cut_session uses Server.reason.SERVER_DISCONNECT."""
     server = a_server()
     eio = server.eio
     assert eio.sockets == {}
@@ -60,7 +70,7 @@ def test_engineio_server_keeps_its_sessions_handlers_and_reasons() -> None:
 
 
 def test_engineio_server_judges_origins_with_a_method() -> None:
-    """upgrade_refusal calls Server._cors_allowed_origins(environ) to refuse an origin before the upgrade."""
+    """engine.origin_refused calls Server._cors_allowed_origins(environ) to refuse an origin before the upgrade."""
     eio = engineio.Server(async_mode="threading", cors_allowed_origins=["https://app.example"])
     environ = {"wsgi.url_scheme": "https", "HTTP_HOST": "gw.example"}
     allowed = eio._cors_allowed_origins(environ)
@@ -70,47 +80,131 @@ def test_engineio_server_judges_origins_with_a_method() -> None:
 # python-socketio
 
 
-def test_socketio_server_sends_engineio_packets_through_one_method() -> None:
-    """OutboundLimit replaces Server._send_eio_packet; the fan-out sends prebuilt packets with it."""
+def test_engineio_server_sends_a_packet_to_a_session_publicly() -> None:
+    """engine.EngineConnections.send calls Server.send_packet(sid, packet), python-engineio's public send, which
+    python-socketio's own sends go through."""
     server = a_server()
-    assert parameters(server._send_eio_packet) == ["eio_sid", "eio_pkt"]
+    assert parameters(server.eio.send_packet) == ["sid", "pkt"]
+    assert "eio.send_packet(" in inspect.getsource(socketio.Server._send_eio_packet)
 
 
 def test_socketio_server_keeps_environs_and_a_manager_flag() -> None:
-    """cut_session reads Server.environ[eio_sid]["wsgi.websocket"]; the worker sets manager_initialized."""
+    """engine.cut_session reads Server.environ[eio_sid]["wsgi.websocket"]; engine.start_manager sets
+    manager_initialized and calls the manager's initialize(), as python-socketio does on a first connection."""
     server = a_server()
     assert server.environ == {}
     assert server.manager_initialized is False
+    assert "self.manager_initialized = True" in inspect.getsource(socketio.Server._handle_eio_connect)
 
 
 def test_socketio_manager_rooms_map_sids_to_engineio_sids() -> None:
-    """The fan-out reads rooms["/"][room] as {sid: eio_sid}; SessionGuard reads rooms["/"][None]."""
+    """engine.EngineConnections reads rooms["/"][room] as {sid: eio_sid}, every client alone in the room of its
+    sid and all in the room None; engine.socketio_session_count counts rooms["/"][None]."""
     manager = socketio.Manager()
     manager.set_server(a_server())
     manager.initialize()
     sid = manager.connect("eio-1", "/")
     manager.enter_room(sid, "/", "balance_4")
     assert manager.rooms["/"][None][sid] == "eio-1"
+    assert manager.rooms["/"][sid] == {sid: "eio-1"}
     assert manager.rooms["/"]["balance_4"][sid] == "eio-1"
     assert manager.sid_from_eio_sid("eio-1", "/") == sid and manager.eio_sid_from_sid(sid, "/") == "eio-1"
     assert manager.is_connected(sid, "/")
-    # FanoutManager.basic_disconnect clears what the library's own does.
-    assert isinstance(manager.callbacks, dict) and isinstance(manager.pending_connect, dict)
-    assert isinstance(manager.pending_disconnect, dict)
 
 
-def test_socketio_pubsub_manager_has_the_methods_the_fanout_overrides_or_calls() -> None:
-    """FanoutManager overrides _thread (to run the gateway's Listener), _publish and _handle_emit, keeps a
-    room index over the basic_* methods, and dispatches each queue method to its _handle_*."""
-    for name in ("_thread", "_publish", "_handle_emit", "_handle_callback", "_handle_disconnect",
-                 "_handle_enter_room", "_handle_leave_room", "_handle_close_room", "basic_enter_room",
-                 "basic_leave_room", "basic_disconnect", "get_rooms", "initialize"):
-        assert callable(getattr(socketio.RedisManager, name)), name
+ROOMS = ("balance_4", "orders_4", "balance_5")
+Step = tuple[str, int, int]  # (what, client, room)
+steps = st.lists(st.tuples(st.sampled_from(["connect", "enter", "leave", "callback", "pre_disconnect",
+                                            "disconnect", "close"]), st.integers(0, 2), st.integers(0, 2)),
+                 max_size=30)
+
+
+def run(manager: socketio.Manager, script: list[Step]) -> dict[str, Any]:
+    """Play ``script`` on ``manager``; return its state, each sid named by the step that made it."""
+    manager.set_server(a_server())
+    sids: dict[int, str] = {}
+    names: dict[str | None, str | None] = {None: None}
+    for what, client, room in script:
+        sid = sids.get(client)
+        if what == "connect" and sid is None:
+            sid = sids[client] = manager.connect(f"eio-{client}", "/")
+            names[sid] = f"client-{client}"
+            names[manager.pre_connect(f"eio-pre-{client}", "/")] = f"pending-{client}"
+        elif sid is None:
+            continue
+        elif what == "enter":
+            manager.basic_enter_room(sid, "/", ROOMS[room])
+        elif what == "leave":
+            manager.basic_leave_room(sid, "/", ROOMS[room])
+        elif what == "callback":
+            manager._generate_ack_id(sid, print)
+        elif what == "pre_disconnect":
+            manager.pre_disconnect(sid, "/")
+        elif what == "close":
+            manager.basic_close_room(ROOMS[room], "/")
+        elif what == "disconnect":
+            manager.basic_disconnect(sid, "/")
+            del sids[client]
+    name = lambda sid: names.get(sid, sid)  # noqa: E731
+    connected = manager.rooms.get("/", {}).get(None, {})
+    return {
+        "rooms": {ns: {name(room): {name(sid): eio for sid, eio in members.items()} for room, members in rooms.items()}
+                  for ns, rooms in manager.rooms.items()},
+        "callbacks": sorted(map(name, manager.callbacks)),
+        "pending": [{ns: sorted(map(name, sids)) for ns, sids in pending.items()}
+                    for pending in (manager.pending_connect, manager.pending_disconnect)],
+        "rooms()": {name(sid): sorted(map(name, manager.get_rooms(sid, "/"))) for sid in connected},
+    }
+
+
+@settings(max_examples=300)
+@given(steps)
+def test_socketio_manager_disconnect_is_what_the_gateway_index_does(script: list[Step]) -> None:
+    """manager.ClientManager keeps an index of each client's rooms and re-implements basic_disconnect from it,
+    clearing what the library's own clears (rooms, callbacks, pending_connect, pending_disconnect): on any
+    sequence of the room calls it overrides, both end in the same state, and rooms() agree."""
+    gateway = ClientManager("flask-socketio", Listener(redis.Redis, "flask-socketio", str), redis.Redis())
+    assert run(gateway, script) == run(socketio.Manager(), script)
+
+
+def test_socketio_pubsub_manager_listens_through_two_backend_methods() -> None:
+    """manager.ClientManager overrides _publish and _listen, the pub/sub backend's part, the public basic_*
+    room methods and get_rooms; it calls no other private method of the library."""
+    for name in ("_publish", "_listen", "basic_enter_room", "basic_leave_room", "basic_disconnect", "get_rooms",
+                 "initialize"):
+        assert callable(getattr(socketio.PubSubManager, name)), name
+    with pytest.raises(NotImplementedError):
+        socketio.PubSubManager()._listen()
+
+
+def test_socketio_pubsub_task_acts_on_what_listen_yields_and_ends_quietly_on_greenlet_exit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """manager.ClientManager._listen yields queue dicts to python-socketio's listening task, which hands each
+    to its handler by method and skips its own host's, and raises GreenletExit once the listener stopped:
+    the task must let it through without logging (it logs an error when _listen returns)."""
+    handled: list[dict[str, Any]] = []
+
+    class Backend(socketio.PubSubManager):  # type: ignore[misc]
+        def _listen(self) -> Any:
+            yield {"method": "close_room", "room": "balance_4", "namespace": "/", "host_id": "elsewhere"}
+            yield {"method": "close_room", "room": "balance_5", "namespace": "/", "host_id": self.host_id}
+            raise gevent.GreenletExit
+
+        def _handle_close_room(self, message: dict[str, Any]) -> None:
+            handled.append(message)
+
+    backend = Backend(channel="flask-socketio")
+    backend.set_server(a_server())
+    with pytest.raises(gevent.GreenletExit):
+        backend._thread()
+    assert [message["room"] for message in handled] == ["balance_4"]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 def test_a_queue_emit_carries_its_data_as_a_one_element_list() -> None:
-    """The wire shape of Flask-SocketIO queue emits (changed upstream in December 2025): the fan-out unwraps
-    a one-element list for a client that catches up (FanoutManager._deliver)."""
+    """The wire shape of Flask-SocketIO queue emits (changed upstream in December 2025): protocol.queue_emit_args
+    reads a one-element list as the emit's one argument (manager.ClientManager hands emits to the fan-out)."""
     published: list[dict[str, Any]] = []
 
     class Capture(socketio.PubSubManager):  # type: ignore[misc]
@@ -119,9 +213,11 @@ def test_a_queue_emit_carries_its_data_as_a_one_element_list() -> None:
 
     manager = Capture(channel="flask-socketio", write_only=True)
     manager.emit("balance", {"usd": "1"}, namespace="/", room="balance_4")
-    (message,) = published
-    assert message["method"] == "emit" and message["room"] == "balance_4" and message["event"] == "balance"
-    assert message["data"] == [{"usd": "1"}]
+    manager.emit("pair", ({"usd": "1"}, 2), namespace="/", room="balance_4")
+    single, pair = published
+    assert single["method"] == "emit" and single["room"] == "balance_4" and single["event"] == "balance"
+    assert single["data"] == [{"usd": "1"}] and protocol.queue_emit_args(single["data"]) == [{"usd": "1"}]
+    assert protocol.queue_emit_args(pair["data"]) == [{"usd": "1"}, 2]
 
 
 def test_socketio_packets_decode_through_an_overridable_method() -> None:

@@ -136,7 +136,7 @@ def run(total: int, since: int, before_hold: int, before_read: int, at_read: int
     live_up_to(after_read)
     held = rooms.release("b", ROOM)
     catching_up.extend(missed)
-    wanted, last = newer(held, max(missed[-1] if missed else 0, at_read))  # as FanoutManager.catch_up
+    wanted, last = newer(held, max(missed[-1] if missed else 0, at_read))  # as Fanout.deliver_caught_up
     catching_up.extend(item.seq for item in wanted if item.seq is not None)
     rooms.settle("b", ROOM, last, at_read)
     live_up_to(total)

@@ -10,7 +10,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
-from gateway.transport import Pinger
+from gateway.engine import Pinger
 
 
 @dataclass

@@ -1,0 +1,167 @@
+"""python-socketio's client manager for the gateway: its pub/sub backend, and an index of each client's rooms.
+
+:class:`ClientManager` overrides what python-socketio documents as a pub/sub
+backend's part, ``_publish`` and ``_listen``, and the public ``basic_*``
+room methods:
+
+- ``_listen`` reads the gateway's :class:`gateway.listener.Listener`. An
+  update goes straight to :class:`gateway.fanout.Fanout`; a Flask-SocketIO
+  queue message is judged by :class:`QueueFilter` (``GATEWAY_QUEUE_METHODS``)
+  first. An emit to a user's room is the fan-out's too (held back from a
+  client that catches up, like an update); python-socketio's own handlers
+  get only what an operator allowed beyond that, unchanged;
+- ``_publish`` publishes through the gateway's Redis client, and raises
+  rather than drops when Redis is away;
+- python-socketio finds a client's rooms by scanning every room of the
+  namespace, on each disconnect and each ``rooms()`` call: quadratic when
+  thousands of clients leave at once (a worker stopped, a network blip).
+  The manager keeps an index of each client's rooms instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import redis
+import socketio
+
+from gateway import metrics, protocol
+from gateway.fanout import Fanout
+from gateway.listener import Listener
+
+log = logging.getLogger(__name__)
+
+_UPDATE_MARK = protocol.UPDATE_MARK.encode()
+
+
+class QueueFilter:
+    """What a Flask-SocketIO queue message may ask of this worker: ``GATEWAY_QUEUE_METHODS``.
+
+    Each refusal is counted in ``gateway_queue_refused_total{reason}``, and
+    logged once per reason as a WARNING.
+    """
+
+    def __init__(self, allowed: tuple[str, ...] = ("emit",)) -> None:
+        self.allowed = frozenset(allowed)
+        self._logged: set[str] = set()
+
+    def method(self, message: dict[str, Any]) -> str | None:
+        """What ``message`` asks (``broadcast`` for an emit to no room), or None when that is refused."""
+        method = str(message.get("method"))
+        if method == "emit" and message.get("room") is None:
+            method = "broadcast"
+        reason = self.refusal(method, message)
+        if reason is None:
+            if "callback" not in self.allowed:
+                message.pop("callback", None)
+            return method
+        metrics.QUEUE_REFUSED.labels(reason=reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning(
+                "fan-out refused a queue message (%s: %r); GATEWAY_QUEUE_METHODS allows %s; further ones are "
+                "counted in gateway_queue_refused_total only", reason, method[:40], ",".join(sorted(self.allowed)),
+            )
+        return None
+
+    def refusal(self, method: str, message: dict[str, Any]) -> str | None:
+        """Why a queue message is refused (the method, or what is wrong with an emit), or None."""
+        if method not in self.allowed:
+            return method if method in protocol.QUEUE_METHODS else "unknown"
+        if method in ("emit", "broadcast"):
+            if message.get("namespace") not in (None, "/") or message.get("binary"):
+                return "bad_emit"
+            if method == "emit" and not protocol.is_user_room(message.get("room")):
+                return "bad_room"
+        return None
+
+
+class ClientManager(socketio.PubSubManager):  # type: ignore[misc]
+    """The Socket.IO server's client manager, on the gateway's Redis listener and fan-out."""
+
+    name = "gateway"
+    #: where updates and emits to users go; it sends into this manager's rooms, and is set once built
+    fanout: Fanout
+
+    def __init__(
+        self,
+        channel: str,
+        listener: Listener,
+        redis_client: redis.Redis,
+        queue: QueueFilter | None = None,
+    ) -> None:
+        super().__init__(channel=channel, logger=log)
+        self.listener = listener
+        self.queue = queue or QueueFilter()
+        self._redis = redis_client
+        #: (namespace, sid) -> the rooms the client is in, None and its own included
+        self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
+
+    # The pub/sub backend.
+
+    def _publish(self, data: Any) -> None:
+        self._redis.publish(self.channel, self.json.dumps(data))
+
+    def _listen(self) -> Iterator[dict[str, Any]]:
+        """The queue messages python-socketio is to act on; updates and emits to users go to the fan-out."""
+        for data in self.listener.messages(self.fanout):
+            if data.startswith(_UPDATE_MARK):
+                self.fanout.on_update(data)
+                continue
+            message = self._queue_message(data)
+            if message is not None:
+                yield message
+        # python-socketio calls _listen for as long as the task lives and logs an error when it returns:
+        # a stopped listener ends the task the way gevent ends a greenlet it kills.
+        raise gevent.GreenletExit
+
+    def _queue_message(self, data: bytes) -> dict[str, Any] | None:
+        """A queue message for python-socketio's handlers, or None when it was refused or handled here."""
+        try:
+            message = self.json.loads(data)
+        except ValueError:
+            log.warning("fan-out skipped a message that is not JSON (%d bytes)", len(data))
+            return None
+        if not isinstance(message, dict):
+            return None
+        method = self.queue.method(message)
+        if method is None or (method != "callback" and message.get("host_id") == self.host_id):
+            return None
+        if method == "emit" and message.get("callback") is None:
+            try:
+                self.fanout.on_emit(message)
+            except Exception:
+                log.exception("fan-out of an emit to %s failed", str(message.get("room"))[:200])
+            return None
+        if method in ("emit", "broadcast"):
+            self.fanout.passed_on(message)
+        return message
+
+    # The index of each client's rooms.
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self._sid_rooms.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        return [room for room in self._sid_rooms.get((namespace, sid), ()) if room is not None]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """As python-socketio's, but leaving only the client's own rooms."""
+        for room in self._sid_rooms.pop((namespace, sid), set()):
+            super().basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if sid in pending.get(namespace, ()):
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
