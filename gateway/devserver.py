@@ -95,11 +95,35 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
-def main() -> int:
+def dev_environment() -> dict[str, str]:
+    """The environment, with two workers and a fresh secret unless set."""
     env = dict(os.environ)
     env.setdefault("GATEWAY_WORKERS", "2")
     if not env.get("GATEWAY_JWT_SECRET") and not env.get("GATEWAY_JWT_PUBLIC_KEY"):
         env["GATEWAY_JWT_SECRET"] = secrets.token_urlsafe(32)
+    return env
+
+
+def serve_demo(config: Config, base: str, gunicorn: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+    """Publish demo updates and tell how to watch them, until ``stopping`` or gunicorn ends."""
+    publisher = threading.Thread(
+        target=demo.run, args=(config,), kwargs={"users": 3, "interval": 1.0, "rounds": 0, "stop": stopping},
+        daemon=True,
+    )
+    publisher.start()
+    log.info(
+        "gateway ready on %s (%d workers), demo updates every second for users 1-3.\n"
+        "  token for user 1: %s\n"
+        "  watch it: %s -m gateway.watch %s <token>   (Ctrl-C here stops everything)",
+        base, config.workers, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)",
+        os.path.relpath(sys.executable), base,
+    )
+    while not stopping.is_set() and gunicorn.poll() is None:
+        stopping.wait(0.5)
+
+
+def main() -> int:
+    env = dev_environment()
     logs.configure(env.get("GATEWAY_LOG_LEVEL", "INFO").upper(), env.get("GATEWAY_LOG_FORMAT", "text").lower())
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started with it ignored
@@ -122,20 +146,7 @@ def main() -> int:
                 return gunicorn.returncode or 1
             if stopping.is_set():
                 return 0
-            publisher = threading.Thread(
-                target=demo.run, args=(config,), kwargs={"users": 3, "interval": 1.0, "rounds": 0, "stop": stopping},
-                daemon=True,
-            )
-            publisher.start()
-            log.info(
-                "gateway ready on %s (2 workers), demo updates every second for users 1-3.\n"
-                "  token for user 1: %s\n"
-                "  watch it: %s -m gateway.watch %s <token>   (Ctrl-C here stops everything)",
-                base, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)",
-                os.path.relpath(sys.executable), base,
-            )
-            while not stopping.is_set() and gunicorn.poll() is None:
-                stopping.wait(0.5)
+            serve_demo(config, base, gunicorn, stopping)
             log.info("stopping")
         except (ConfigError, TimeoutError) as exc:
             log.error("%s", exc)

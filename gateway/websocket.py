@@ -80,6 +80,39 @@ def frame_header(opcode: int, size: int) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, size)
 
 
+def judge_header(first: int, second: int, started: bool) -> tuple[bool, int, int]:
+    """The first two bytes of a client frame: ``(fin, opcode, length code)``, or raise ``ClientMistake``.
+
+    ``started``: a fragmented message is under way, so only a continuation
+    or a control frame may come.
+    """
+    fin, opcode, size = bool(first & 0x80), first & 0x0F, second & 0x7F
+    if first & 0x70 or opcode in (3, 4, 5, 6, 7) or opcode > PONG:
+        raise ClientMistake("bad_frame")
+    if not second & 0x80:
+        raise ClientMistake("unmasked_frame")
+    if opcode >= CLOSE:
+        if not fin or size > 125:
+            raise ClientMistake("bad_frame")
+    elif opcode == BINARY:
+        raise ClientMistake("binary")
+    elif (opcode == TEXT) == started:  # a new message inside a fragmented one, or a continuation of nothing
+        raise ClientMistake("bad_frame")
+    return fin, opcode, size
+
+
+def close_code(payload: bytes) -> int:
+    """The status code of a client's close frame (§5.5.1, §7.4), or raise ``ClientMistake``."""
+    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
+    if len(payload) == 1 or not (code in VALID_CLOSE_CODES or 3000 <= code <= 4999):
+        raise ClientMistake("bad_frame")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientMistake("invalid_utf8") from None
+    return code
+
+
 class WebSocket:
     """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
 
@@ -181,18 +214,7 @@ class WebSocket:
     def _frame_header(self, total: int, started: bool) -> tuple[bool, int, int]:
         """Read and judge one frame header, against the limits and the message so far."""
         first, second = self._read(2)
-        fin, opcode, size = bool(first & 0x80), first & 0x0F, second & 0x7F
-        if first & 0x70 or opcode in (3, 4, 5, 6, 7) or opcode > PONG:
-            raise ClientMistake("bad_frame")
-        if not second & 0x80:
-            raise ClientMistake("unmasked_frame")
-        if opcode >= CLOSE:
-            if not fin or size > 125:
-                raise ClientMistake("bad_frame")
-        elif opcode == BINARY:
-            raise ClientMistake("binary")
-        elif (opcode == TEXT) == started:  # a new message inside a fragmented one, or a continuation of nothing
-            raise ClientMistake("bad_frame")
+        fin, opcode, size = judge_header(first, second, started)
         if size == 126:
             (size,) = struct.unpack("!H", self._read(2))
         elif size == 127:
@@ -221,14 +243,7 @@ class WebSocket:
             return True
         if opcode == PONG:
             return True
-        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
-        if len(payload) == 1 or not (code in VALID_CLOSE_CODES or 3000 <= code <= 4999):
-            raise ClientMistake("bad_frame")
-        try:
-            payload[2:].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ClientMistake("invalid_utf8") from None
-        self.close(code)
+        self.close(close_code(payload))
         return False
 
     # Writing and closing.

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.support import GatewayProcess, RedisServer, gateway_env
+from gateway.publisher import Publisher
+from tests.integration.edge import AUTH_TIMEOUT, MAX_MESSAGE, PER_USER, REFUSED_LOG
+from tests.integration.support import Client, GatewayProcess, RedisServer, gateway_env, unclean_lines, unique_user
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +67,37 @@ def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
     process = GatewayProcess(env, folder / "gateway.log").start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One worker, so that whatever a test does lands on the worker its honest client uses."""
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "home").mkdir()
+    env = gateway_env(
+        redis_server.url, f"h{uuid.uuid4().hex[:10]}", folder / "home",
+        GATEWAY_WORKERS="1", GATEWAY_MAX_MESSAGE_BYTES=str(MAX_MESSAGE), GATEWAY_AUTH_TIMEOUT=str(AUTH_TIMEOUT),
+        GATEWAY_MAX_CONNECTIONS_PER_USER=str(PER_USER),
+    )
+    process = GatewayProcess(env, folder / "gateway.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def witness(hostile: GatewayProcess) -> Iterator[Client]:
+    """An honest client on the same worker, subscribed to its balance, for the length of one test."""
+    user = unique_user()
+    client = hostile.client(user).connect()
+    client.subscribe("balance")
+    pids = hostile.worker_pids()
+    log_start = len(hostile.log())
+    yield client
+    with Publisher(config=hostile.config) as publisher:
+        seq = publisher.publish(user, "balance", {"cash": "1.00"})
+    got = client.wait_events("balance", 1)
+    assert got[-1]["seq"] == seq, "the honest client of the same worker missed its update"
+    client.close()
+    assert hostile.worker_pids() == pids, "the worker was replaced"
+    # A refused queue message is the operator's to fix: one WARNING per reason, checked by its own test.
+    assert [line for line in unclean_lines(hostile.log()[log_start:]) if REFUSED_LOG not in line] == []

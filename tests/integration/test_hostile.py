@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,91 +20,30 @@ import redis
 import socketio
 
 from gateway import protocol
-from gateway.publisher import Publisher
-from tests.integration.rawws import CONTINUATION, RawClient, frame
+from tests.integration.edge import (
+    AUTH_TIMEOUT,
+    MAX_MESSAGE,
+    PER_USER,
+    REFUSED_LOG,
+    authenticated,
+    connected,
+    errors,
+    no_sessions_but,
+    raw,
+)
+from tests.integration.rawws import CONTINUATION, frame
 from tests.integration.support import (
     Client,
     GatewayProcess,
     RedisServer,
     connection_keys,
-    gateway_env,
     metric,
     rss_bytes,
-    unclean_lines,
     unique_user,
     wait_for,
 )
 
 CORPUS = json.loads((Path(__file__).parents[1] / "hostile_packets.json").read_text())
-MAX_MESSAGE = 4096
-AUTH_TIMEOUT = 2
-PER_USER = 3
-REFUSED_LOG = "fan-out refused a queue message"
-
-
-@pytest.fixture(scope="module")
-def hostile(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """One worker, so that whatever a test does lands on the worker its honest client uses."""
-    folder = tmp_path_factory.mktemp("hostile")
-    (folder / "home").mkdir()
-    env = gateway_env(
-        redis_server.url, f"h{uuid.uuid4().hex[:10]}", folder / "home",
-        GATEWAY_WORKERS="1", GATEWAY_MAX_MESSAGE_BYTES=str(MAX_MESSAGE), GATEWAY_AUTH_TIMEOUT=str(AUTH_TIMEOUT),
-        GATEWAY_MAX_CONNECTIONS_PER_USER=str(PER_USER),
-    )
-    process = GatewayProcess(env, folder / "gateway.log").start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def witness(hostile: GatewayProcess) -> Iterator[Client]:
-    """An honest client on the same worker, subscribed to its balance, for the length of one test."""
-    user = unique_user()
-    client = hostile.client(user).connect()
-    client.subscribe("balance")
-    pids = hostile.worker_pids()
-    log_start = len(hostile.log())
-    yield client
-    with Publisher(config=hostile.config) as publisher:
-        seq = publisher.publish(user, "balance", {"cash": "1.00"})
-    got = client.wait_events("balance", 1)
-    assert got[-1]["seq"] == seq, "the honest client of the same worker missed its update"
-    client.close()
-    assert hostile.worker_pids() == pids, "the worker was replaced"
-    # A refused queue message is the operator's to fix: one WARNING per reason, checked by its own test.
-    assert [line for line in unclean_lines(hostile.log()[log_start:]) if REFUSED_LOG not in line] == []
-
-
-def raw(gateway: GatewayProcess) -> RawClient:
-    return RawClient(gateway.config.bind)
-
-
-def errors(gateway: GatewayProcess, reason: str) -> float:
-    return metric(gateway, "gateway_client_errors_total", reason=reason)
-
-
-def sessions(gateway: GatewayProcess, state: str) -> float:
-    return metric(gateway, "gateway_sessions", state=state)
-
-
-def connected(gateway: GatewayProcess) -> RawClient:
-    client = raw(gateway)
-    client.open_websocket()
-    return client
-
-
-def authenticated(gateway: GatewayProcess, user: str) -> RawClient:
-    client = connected(gateway)
-    answer = client.authenticate(gateway.token(user))
-    assert answer.startswith(b"40"), answer
-    return client
-
-
-def no_sessions_but(gateway: GatewayProcess, honest: int) -> None:
-    """Wait until the worker holds only ``honest`` sessions, none of them waiting to authenticate."""
-    wait_for(lambda: sessions(gateway, "engineio") == honest and sessions(gateway, "socketio") == honest
-             and sessions(gateway, "unauthenticated") == 0, 10, f"only {honest} sessions held")
 
 
 # The handshake, cut at every stage.
@@ -140,29 +77,6 @@ def test_a_client_leaving_at_any_stage_leaves_no_trace(
     wait_for(lambda: not redis_client.smembers(f"{hostile.config.key_prefix}:user:{user}")
              and not redis_client.pubsub_numsub(f"{hostile.config.key_prefix}:u:{user}")[0][1],
              5, "the user's subscriptions and channel gone")
-
-
-def test_a_half_sent_request_is_closed_after_the_header_deadline(hostile: GatewayProcess, witness: Client) -> None:
-    with raw(hostile) as client:
-        client.send(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 1")
-        started = time.monotonic()
-        assert client.ended(AUTH_TIMEOUT + 5)
-        assert time.monotonic() - started >= AUTH_TIMEOUT - 0.5
-
-
-def test_polling_to_a_websocket_only_gateway_is_refused_quietly(hostile: GatewayProcess, witness: Client) -> None:
-    before = errors(hostile, "bad_transport")
-    with raw(hostile) as client:
-        client.send(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        status, _ = client.response_head()
-    assert status == 400
-    wait_for(lambda: errors(hostile, "bad_transport") == before + 1, 5, "bad_transport counted")
-
-
-def test_a_garbage_request_line_gets_400(hostile: GatewayProcess, witness: Client) -> None:
-    with raw(hostile) as client:
-        client.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n")
-        assert client.ended(5)
 
 
 # Frames judged on their header.
@@ -370,42 +284,6 @@ def test_two_subscribes_in_a_row_then_a_reset_leak_no_channel(
     client.reset()
     wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 0, 5, "the user's channel unsubscribed")
     assert not any(user in key for key in connection_keys(redis_client, hostile.config.key_prefix))
-
-
-# Before the upgrade: the worker's own cap and the origin.
-
-
-def test_a_bad_origin_is_refused_and_counted_every_time(hostile: GatewayProcess, witness: Client) -> None:
-    before = metric(hostile, "gateway_connect_refused_total", reason="bad_origin")
-    for _ in range(3):
-        with raw(hostile) as client:
-            client.send(client.upgrade_request(headers={"Origin": "https://evil.example"}))
-            status, _ = client.response_head()
-            assert status == 400
-    wait_for(lambda: metric(hostile, "gateway_connect_refused_total", reason="bad_origin") == before + 3, 5,
-             "each refused origin counted")
-
-
-def test_a_full_worker_refuses_upgrades_but_answers_health_checks(start_gateway: object) -> None:
-    gateway: GatewayProcess = start_gateway(GATEWAY_WORKERS="1", GUNICORN_CMD_ARGS="--worker-connections=24")  # type: ignore[operator]
-    held = []
-    refused = 0
-    for _ in range(30):
-        client = raw(gateway)
-        client.send(client.upgrade_request())
-        status, _ = client.response_head()
-        if status == 503:
-            refused += 1
-            client.close()
-        else:
-            assert status == 101
-            held.append(client)
-    assert refused > 0 and len(held) >= 20
-    assert gateway.http("/healthz").status_code == 200
-    assert metric(gateway, "gateway_connect_refused_total", reason="worker_full") == refused
-    for client in held:
-        client.close()
-    assert unclean_lines(gateway.log()) == []
 
 
 # Queue messages from other processes.

@@ -1,4 +1,5 @@
-"""The pinger's timetable, on stand-in connections: no server, no sockets."""
+"""The Engine.IO adapter: the pinger's timetable on stand-in connections; sends, the outbound cap and cutting
+sessions on a real python-socketio server without a network."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import socketio
 from engineio import packet as eio_packet
+from engineio import socket as eio_socket
+from prometheus_client import REGISTRY
 
-from gateway.engine import Pinger
+from gateway.engine import EngineConnections, OutboundLimit, Pinger, cut_every_session
 
 
 @dataclass
@@ -107,3 +111,53 @@ def test_a_connection_that_ended_is_not_kept_alive_until_its_ping() -> None:
     del connection
     assert gone() is None, "the timetable kept an ended connection alive"
     assert pinger.send_due(time.monotonic() + 30) == 0 and pinger.waiting == 0
+
+
+# Sends and the outbound cap, on a real python-socketio server without a network.
+
+
+def a_server_with_a_session(eio_sid: str = "eio-1") -> tuple[socketio.Server, Any]:
+    server = socketio.Server(async_mode="threading", logger=False, engineio_logger=False)
+    session = eio_socket.Socket(server.eio, eio_sid)
+    session.connected = True
+    server.eio.sockets[eio_sid] = session
+    server.manager.initialize()
+    sid = server.manager.connect(eio_sid, "/")
+    server.manager.enter_room(sid, "/", "balance_4")
+    return server, session
+
+
+def slow_clients() -> float:
+    return REGISTRY.get_sample_value("gateway_send_failures_total", {"reason": "slow_client"}) or 0.0
+
+
+def test_connections_are_the_managers_rooms_and_sends_queue_on_the_session() -> None:
+    server, session = a_server_with_a_session()
+    connections = EngineConnections(server.manager)
+    (sid,) = connections.members("balance_4")
+    assert connections.members(sid) == {sid: "eio-1"} and connections.members(None) == {sid: "eio-1"}
+    assert connections.members("orders_4") == {}
+    packet = eio_packet.Packet(eio_packet.MESSAGE, '2["balance",{}]')
+    connections.send("eio-1", packet)
+    assert session.queue.get_nowait() is packet
+
+
+def test_a_session_with_its_queue_full_is_cut_and_counted_instead_of_sent_to() -> None:
+    server, session = a_server_with_a_session()
+    limited = OutboundLimit(EngineConnections(server.manager), limit=2)
+    before = slow_clients()
+    packet = eio_packet.Packet(eio_packet.MESSAGE, '2["balance",{}]')
+    limited.send("eio-1", packet)
+    limited.send("eio-1", packet)
+    assert slow_clients() == before
+    limited.send("eio-1", packet)
+    assert session.closed and slow_clients() == before + 1
+    limited.send("eio-1", packet)
+    assert slow_clients() == before + 1, "a session is cut once"
+    assert session.queue.qsize() <= 3, "nothing queued past the limit but the close"
+
+
+def test_every_session_is_cut_when_a_worker_stops() -> None:
+    server, session = a_server_with_a_session()
+    assert cut_every_session(server) == 1
+    assert session.closed

@@ -1,4 +1,4 @@
-"""End to end: real gunicorn (2 gevent-websocket workers), real Redis, real clients."""
+"""The handlers end to end (gateway.events): real gunicorn (2 gevent-websocket workers), real Redis, real clients."""
 
 from __future__ import annotations
 
@@ -296,14 +296,6 @@ def test_clients_killed_during_a_push_flood_leave_clean_logs_and_no_records(
         assert [u["data"]["round"] for u in received] == list(range(rounds["done"]))
         client.close()
     assert unclean_lines(gateway.log()) == []
-
-
-def test_health_ready_and_metrics(gateway: GatewayProcess) -> None:
-    assert gateway.http("/healthz").json() == {"status": "ok"}
-    assert gateway.http("/readyz").json() == {"status": "ready"}
-    text = gateway.http("/metrics").text
-    assert "# TYPE gateway_connections gauge" in text
-    assert "gateway_send_failures_total" in text
 
 
 def test_long_polling_is_refused_with_several_workers(gateway: GatewayProcess) -> None:

@@ -13,19 +13,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import redis
 import websocket
 
-from gateway.lease import sweep_expired
 from gateway.publisher import Publisher
-from gateway.subscriptions import Registry
 from tests.integration.support import (
     REPO,
-    Client,
     GatewayProcess,
-    RedisServer,
-    connection_keys,
+    live_keys,
+    registry_of,
     rss_bytes,
+    subscribed_clients,
     unclean_lines,
     unique_user,
     wait_for,
@@ -33,91 +30,6 @@ from tests.integration.support import (
 
 StartGateway = Callable[..., GatewayProcess]
 LOG = logging.getLogger(__name__)
-
-
-def registry_of(gateway: GatewayProcess) -> Registry:
-    return Registry(redis.Redis.from_url(gateway.config.redis_url), gateway.config.key_prefix)
-
-
-def live_keys(gateway: GatewayProcess) -> set[str]:
-    return connection_keys(redis.Redis.from_url(gateway.config.redis_url), gateway.config.key_prefix)
-
-
-def subscribed_clients(gateway: GatewayProcess, count: int, topic: str = "balance") -> list[Client]:
-    clients = []
-    for _ in range(count):
-        client = gateway.client(unique_user()).connect()
-        client.subscribe(topic)
-        clients.append(client)
-    return clients
-
-
-def holders_by_pid(gateway: GatewayProcess) -> dict[int, set[str]]:
-    """Users whose records each worker process holds."""
-    registry = registry_of(gateway)
-    return {int(worker.split(":")[-2]): set(registry.connections(worker).values()) for worker in registry.owners()}
-
-
-def test_kill_9_of_a_worker_removes_its_records_at_once(start_gateway: StartGateway) -> None:
-    gateway = start_gateway(GATEWAY_HEARTBEAT_SECONDS="1")
-    clients = subscribed_clients(gateway, 40)
-    holders = wait_for(lambda: (h := holders_by_pid(gateway)) and len(h) == 2 and h, 10, "both workers hold clients")
-    victim, survivor = sorted(holders, key=lambda pid: -len(holders[pid]))
-    registry = registry_of(gateway)
-    killed_at = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: not any(registry.is_subscribed(u, "balance") for u in holders[victim]), 3, "victim's records")
-    elapsed = time.monotonic() - killed_at
-    assert all(registry.is_subscribed(u, "balance") for u in holders[survivor])
-    assert elapsed < 3 * gateway.config.heartbeat_seconds
-    wait_for(lambda: len(gateway.worker_pids()) == 2 and gateway.http("/readyz").status_code == 200, 20, "respawned")
-    for client in clients:
-        client.close()
-    wait_for(lambda: live_keys(gateway) <= {f"{gateway.config.key_prefix}:workers"}, 5, "every record removed")
-
-
-def test_a_live_worker_sweeps_a_silent_workers_records(start_gateway: StartGateway) -> None:
-    gateway = start_gateway(GATEWAY_HEARTBEAT_SECONDS="0.3")
-    client = redis.Redis.from_url(gateway.config.redis_url)
-    ghost = Registry(client, gateway.config.key_prefix, "other-host:4242:feedbeef")
-    ghost.beat(0.9)
-    ghost.subscribe("sid1", "ghost-user", ["pnl", "orders"])
-    assert ghost.is_subscribed("ghost-user", "pnl")
-    # A sweep releases the records first and the lease last: wait for the whole of it.
-    wait_for(
-        lambda: ghost.user_topics("ghost-user") == set() and "other-host:4242:feedbeef" not in ghost.workers(),
-        5, "ghost's records and lease swept within about three beats",
-    )
-    wait_for(lambda: "swept the records of 1 connections of dead workers" in gateway.log(), 5, "the sweep logged")
-
-
-def test_gateway_sweep_removes_dead_workers_now(redis_server: RedisServer, prefix: str) -> None:
-    client = redis_server.client()
-    dead_pid = dead_process_pid()
-    hostname = os.uname().nodename
-    dead = Registry(client, prefix, f"{hostname}:{dead_pid}:0badf00d")
-    dead.beat(3600)
-    dead.subscribe("s", "7", ["balance"])
-    orphan = Registry(client, prefix, "elsewhere:12:cafe0000")
-    orphan.subscribe("s", "8", ["pnl"])
-    alive = Registry(client, prefix, f"{hostname}:{os.getpid()}:a11ce000")
-    alive.beat(3600)
-    alive.subscribe("s", "9", ["orders"])
-    env = {**os.environ, "GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_KEY_PREFIX": prefix}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "sweep"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "swept 2 dead workers"
-    assert alive.user_topics("7") == set() and alive.user_topics("8") == set()
-    assert alive.user_topics("9") == {"orders"}
-    assert sweep_expired(alive) == 0
-
-
-def dead_process_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait(10)
-    return process.pid
 
 
 def test_sigterm_sends_clients_away_and_leaves_no_records(start_gateway: StartGateway) -> None:

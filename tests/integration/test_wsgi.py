@@ -1,4 +1,4 @@
-"""Starting the gateway: bad configuration stops it at once; other Redis URLs work."""
+"""Starting the gateway (the composition root, gateway.wsgi): bad configuration stops it at once, with one line."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from gateway.publisher import Publisher
 from tests.integration.support import (
     REPO,
     GatewayProcess,
     RedisServer,
-    free_port,
     gateway_env,
     unique_user,
-    wait_for,
 )
 
 
@@ -69,62 +66,3 @@ def test_polling_is_served_with_one_worker(start_gateway: Callable[..., GatewayP
         publisher.publish(user, "pnl", {"day": "3"})
     assert client.wait_events("pnl", 1)[0]["data"] == {"day": "3"}
     client.close()
-
-
-def test_unix_socket_redis_url(start_gateway: Callable[..., GatewayProcess], redis_server: RedisServer) -> None:
-    gateway = start_gateway(redis_url=redis_server.unix_url)
-    user = unique_user()
-    client = gateway.client(user).connect()
-    client.subscribe("balance")
-    with Publisher(config=gateway.config) as publisher:
-        assert publisher.is_subscribed(user, "balance")
-        publisher.publish(user, "balance", {"usd": "5"})
-    assert client.wait_events("balance", 1)[0]["seq"] == 1
-    client.close()
-
-
-def test_sentinel_redis_url(
-    start_gateway: Callable[..., GatewayProcess], redis_server: RedisServer, tmp_path: Path
-) -> None:
-    sentinel = start_sentinel(redis_server, tmp_path)
-    try:
-        gateway = start_gateway(redis_url=f"redis+sentinel://127.0.0.1:{sentinel.port}/0/gateway-test")
-        user = unique_user()
-        client = gateway.client(user).connect()
-        client.subscribe("orders")
-        with Publisher(config=gateway.config) as publisher:
-            publisher.publish(user, "orders", {"id": 1})
-        assert client.wait_events("orders", 1)[0]["data"] == {"id": 1}
-        client.close()
-        assert gateway.stop() == 0
-    finally:
-        sentinel.stop()
-
-
-class Sentinel:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process, self.port = process, port
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-def start_sentinel(redis_server: RedisServer, folder: Path) -> Sentinel:
-    port = free_port()
-    conf = folder / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
-        f"sentinel monitor gateway-test 127.0.0.1 {redis_server.port} 1\n"
-    )
-    process = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def knows_master() -> bool:
-        try:
-            return bool(client.sentinel_get_master_addr_by_name("gateway-test"))
-        except redis.RedisError:
-            return False
-
-    wait_for(knows_master, 15, "sentinel knows the primary")
-    return Sentinel(process, port)
