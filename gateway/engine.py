@@ -8,7 +8,13 @@ pinned versions still have it:
 - :class:`EngineConnections`: a room's clients read from the manager's
   ``rooms[namespace][room] = {sid: eio_sid}``; packets are sent with
   python-engineio's public ``Server.send_packet``;
-- :class:`OutboundLimit`: the length of a session's ``Socket.queue``;
+- :class:`DirectSocket` and :class:`Driver`: a session served without
+  python-engineio's writer greenlet and queue. The driver replaces the
+  ``websocket`` entry of ``Server._async``; the session's class becomes
+  ``DirectSocket``, which overrides ``Socket.send`` and ``Socket.close`` and
+  reads the WebSocket itself;
+- :class:`OutboundLimit`: what waits for a session's client (its WebSocket's
+  outbox, or ``Socket.queue`` for a session upgraded from long-polling);
 - :func:`cut_session` and :func:`close_session`: ``Server.sockets`` and
   ``Socket.close(wait, abort, reason)``, and the WebSocket python-socketio
   keeps in ``Server.environ``;
@@ -32,8 +38,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import socketio
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
+from engineio.async_drivers import gevent as eio_gevent
 
 from gateway import metrics
 from gateway.inbound import NAMESPACE
@@ -42,6 +50,7 @@ from gateway.websocket import WebSocket
 log = logging.getLogger(__name__)
 
 _NOBODY: Mapping[str, str] = {}
+_LIBRARY_DRIVER = eio_gevent.WebSocketWSGI
 
 
 class EngineConnections:
@@ -90,13 +99,112 @@ class OutboundLimit:
     def send(self, eio_sid: str, packet: eio_packet.Packet) -> None:
         server = self.connections.server
         session = server.eio.sockets.get(eio_sid)
-        if session is not None and session.queue.qsize() >= self.limit:
+        if session is not None and backlog(session) >= self.limit:
             if not (session.closing or session.closed):
                 metrics.SEND_FAILURES.labels(reason="slow_client").inc()
                 log.info("client cut off: %d packets queued and unread", self.limit, extra={"sid": eio_sid})
                 cut_session(server, eio_sid)
             return
         self.connections.send(eio_sid, packet)
+
+
+class _NoQueue:
+    """Stands for the Engine.IO queue of a session that has none: nothing waits in it."""
+
+    __slots__ = ()
+
+    def qsize(self) -> int:
+        return 0
+
+
+_NO_QUEUE = _NoQueue()
+
+
+class DirectSocket(eio_socket.Socket):  # type: ignore[misc]
+    """A python-engineio session over the gateway's WebSocket, with no writer greenlet and no queue.
+
+    python-engineio queues every packet and runs a greenlet per connection
+    that waits on the queue and writes; here a packet is written by the
+    greenlet that sends it (the fan-out's, for updates), through the
+    WebSocket's :class:`gateway.websocket.Outbox`, which never blocks. The
+    session's class becomes this one as its WebSocket opens (:class:`Driver`).
+    """
+
+    transport: WebSocket
+    closed: bool
+    closing: bool
+    queue: Any
+
+    def send(self, pkt: eio_packet.Packet) -> None:
+        if self.check_ping_timeout():  # raises when closed, as python-engineio's
+            self.transport.send_nowait(pkt.encode())
+
+    def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        self.server._trigger_event("disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT,
+                                   run_async=False)
+        if not abort:
+            self.transport.send_nowait(eio_packet.Packet(eio_packet.CLOSE).encode())
+        self.closed = True
+        self.transport.close()
+
+    def serve(self, ws: WebSocket) -> list[bytes]:
+        """Read the WebSocket until it ends, handing every packet to python-engineio."""
+        self.transport = ws
+        self.connected = self.upgraded = True
+        ws.settimeout(self.server.ping_interval + self.server.ping_timeout)
+        queued, self.queue = self.queue, _NO_QUEUE
+        while not queued.empty():  # the OPEN packet, sent before the upgrade
+            pkt = queued.get_nowait()
+            if pkt is not None:
+                ws.send_nowait(pkt.encode())
+        while (message := ws.receive()) is not None:
+            try:
+                self.receive(eio_packet.Packet(encoded_packet=message))
+            except eio_exceptions.UnknownPacketError:
+                continue
+            except eio_exceptions.SocketIsClosedError:
+                break
+            except Exception:
+                self.server.logger.exception("receive failed")  # as python-engineio's own reader does
+                break
+        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        return []
+
+
+class Driver:
+    """python-engineio's ``websocket`` driver for the gateway's WebSocket: the session becomes a :class:`DirectSocket`.
+
+    A session that upgrades from long-polling (one worker, polling allowed)
+    keeps python-engineio's own driver and writer.
+    """
+
+    def __init__(self, handler: Callable[[Any], Any], server: Any) -> None:
+        self.handler = handler
+        self.server = server
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        ws = environ.get("wsgi.websocket")
+        session = self.handler.__self__  # type: ignore[attr-defined]
+        if not isinstance(ws, WebSocket) or session.connected:
+            return _LIBRARY_DRIVER(self.handler, self.server)(environ, start_response)
+        session.__class__ = DirectSocket
+        return session.serve(ws)
+
+
+def send_directly(server: socketio.Server) -> None:
+    """Serve every WebSocket session of ``server`` with :class:`DirectSocket` (a copy of its drivers, not theirs)."""
+    eio = server.eio
+    eio._async = {**eio._async, "websocket": Driver}
+
+
+def backlog(session: Any) -> int:
+    """Packets sent to a session that its client has not taken yet."""
+    if isinstance(session, DirectSocket):
+        return session.transport.pending
+    return int(session.queue.qsize())
 
 
 def session_count(server: socketio.Server) -> int:

@@ -10,6 +10,7 @@ hooks instead of patches made from configuration hooks:
   it is made, so that a stopping worker stops accepting at once
   (:func:`stop_accepting`) without looking for servers gunicorn keeps no
   reference to;
+- ``init_process``: gevent keeps no spawn tree per greenlet;
 - ``alive``: gunicorn clears it on SIGTERM, SIGQUIT, SIGINT, a reload or a
   parent that went away; the gateway is told at that moment, so that every
   worker of the instance sends its clients away at once instead of after
@@ -21,6 +22,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from gunicorn.workers.ggevent import PyWSGIServer
 
@@ -66,6 +68,12 @@ class Worker(GeventWebSocketWorker):  # type: ignore[misc]
         self._alive = value
         if not value and self._gateway is not None:
             self._gateway.look_now()
+
+    def init_process(self) -> None:
+        # gevent records, for every greenlet, the stack that spawned it (for its debugging tools): kilobytes
+        # per greenlet the gateway has no use for.
+        gevent.config.track_greenlet_tree = False
+        super().init_process()
 
     def run(self) -> None:
         """Start the gateway (lease, listener, the watch on ``alive``), then serve as gunicorn does."""

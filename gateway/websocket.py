@@ -20,6 +20,11 @@ so a message of the maximum size costs the event loop well under a
 millisecond. A peer that leaves (EOF, reset, timeout) ends :meth:`receive`
 with None, as a close frame does.
 
+Writing never blocks (:class:`Outbox`): a frame the client's socket does not
+take at once waits, in order, and is flushed from the hub as the client
+reads, so that a sender (the fan-out, for every client of a room) never waits
+for one slow client.
+
 Closing is the RFC's handshake: a close frame, then the read side waits at
 most :data:`CLOSE_WAIT_SECONDS` for the client's answer before it is shut, so
 that a reader blocked on a silent client returns. The TCP connection itself is
@@ -31,6 +36,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +62,8 @@ POLICY_VIOLATION = 1008
 NORMAL = 1000
 #: Close codes a client may send besides 3000-4999 (RFC 6455 §7.4); anything else is answered with 1002.
 VALID_CLOSE_CODES = frozenset(range(1000, 1012)) - {1004, 1005, 1006}
+#: libev's event mask for "the socket can take more".
+WRITE = 2
 
 
 class _Ended(Exception):
@@ -113,37 +121,88 @@ def close_code(payload: bytes) -> int:
     return code
 
 
-class WebSocket:
-    """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
+class Outbox:
+    """What the gateway writes to one client, never blocking the writer.
 
-    ``receive`` returns the next text message, or None once the connection
-    ended (the client left, closed, or was refused); ``send`` writes one text
-    frame; ``close`` starts the closing handshake; ``abort`` cuts the TCP
-    connection at once (a client that stopped reading). ``check`` judges each
-    message before it goes further, returning a refusal reason or None.
+    A frame is written at once when the client's socket takes it. What it
+    does not take waits here, in order, and a write watcher flushes it from
+    the hub as the client reads; a sender never waits for a slow client, and
+    ``pending`` tells how far behind it is (the outbound cap reads it).
     """
 
-    __slots__ = ("environ", "closed", "_gone", "_socket", "_rfile", "_limits", "_budget", "_check", "_closer")
+    __slots__ = ("_socket", "_queue", "_watcher", "_then", "_lost")
 
-    def __init__(
-        self,
-        environ: dict[str, Any],
-        sock: Any,
-        rfile: Any,
-        limits: InboundLimits,
-        check: Callable[[str], str | None] | None = None,
-    ) -> None:
-        self.environ = environ
-        self.closed = False
-        self._gone = False
+    def __init__(self, sock: Any, lost: Callable[[OSError], None]) -> None:
         self._socket = sock
-        self._rfile = rfile
-        self._limits = limits
-        self._budget = InboundBudget(limits, time.monotonic())
-        self._check = check
-        self._closer: Any = None
+        self._lost = lost
+        self._queue: deque[memoryview] | None = None
+        self._watcher: Any = None
+        self._then: Callable[[], None] | None = None
 
-    # What python-engineio's gevent driver reads of the WebSocket.
+    @property
+    def pending(self) -> int:
+        """Frames (or parts of one) written but not yet taken by the client's socket."""
+        return len(self._queue) if self._queue else 0
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` after what waits; raise ``OSError`` when the client is gone."""
+        if self._queue:
+            self._queue.append(memoryview(data))
+            return
+        try:
+            sent = self._socket.send(data, 0, 0.0)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._queue = deque([memoryview(data)[sent:]])
+            self._watcher = get_hub().loop.io(self._socket.fileno(), WRITE)
+            self._watcher.start(self._flush)
+
+    def then(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once everything written so far is taken (at once when nothing waits)."""
+        if self._queue:
+            self._then = action
+        else:
+            action()
+
+    def stop(self) -> None:
+        """Drop what waits; nothing more is written (the connection ends)."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        self._queue = None
+        self._then = None
+
+    def _flush(self) -> None:
+        """The socket takes more (runs in the hub: nothing here may block)."""
+        queue = self._queue
+        try:
+            while queue:
+                head = queue[0]
+                sent = self._socket.send(head, 0, 0.0)
+                if sent < len(head):
+                    queue[0] = head[sent:]
+                    return
+                queue.popleft()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.stop()
+            self._lost(exc)
+            return
+        then = self._then
+        self.stop()
+        if then is not None:
+            then()
+
+
+class Handshake:
+    """What python-engineio's gevent driver reads of a WebSocket: facts of its HTTP handshake."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
 
     @property
     def version(self) -> str | None:
@@ -160,6 +219,39 @@ class WebSocket:
     @property
     def protocol(self) -> str | None:
         return self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
+
+
+class WebSocket(Handshake):
+    """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
+
+    ``receive`` returns the next text message, or None once the connection
+    ended (the client left, closed, or was refused); ``send`` writes one text
+    frame; ``close`` starts the closing handshake; ``abort`` cuts the TCP
+    connection at once (a client that stopped reading). ``check`` judges each
+    message before it goes further, returning a refusal reason or None.
+    """
+
+    __slots__ = ("closed", "_gone", "_socket", "_rfile", "_limits", "_budget", "_check", "_closer",
+                 "_outbox")
+
+    def __init__(
+        self,
+        environ: dict[str, Any],
+        sock: Any,
+        rfile: Any,
+        limits: InboundLimits,
+        check: Callable[[str], str | None] | None = None,
+    ) -> None:
+        super().__init__(environ)
+        self.closed = False
+        self._gone = False
+        self._socket = sock
+        self._rfile = rfile
+        self._limits = limits
+        self._budget = InboundBudget(limits, time.monotonic())
+        self._check = check
+        self._closer: Any = None
+        self._outbox = Outbox(sock, self._lost)
 
     def settimeout(self, seconds: float) -> None:
         """Bound every read and write; python-engineio sets ping interval + ping timeout.
@@ -249,41 +341,64 @@ class WebSocket:
     # Writing and closing.
 
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
-        """Write one message; a client gone is counted and raised as ``WebSocketError``."""
+        """Write one message without waiting; a client gone is counted and raised as ``WebSocketError``."""
         if self.closed:
             raise WebSocketError("Connection is already closed")
         data = message.encode() if isinstance(message, str) else bytes(message)
         binary = not isinstance(message, str) if binary is None else binary
-        self._send_frame(BINARY if binary else TEXT, data)
+        if not self._send_frame(BINARY if binary else TEXT, data):
+            raise WebSocketError("Socket is dead")
 
-    def _send_frame(self, opcode: int, data: bytes) -> None:
+    def send_nowait(self, message: str) -> None:
+        """Write one text message without waiting, from any greenlet; once the client is gone, nothing."""
+        if not self.closed:
+            self._send_frame(TEXT, message.encode())
+
+    @property
+    def pending(self) -> int:
+        """Frames written that the client's socket has not taken yet."""
+        return self._outbox.pending
+
+    def _send_frame(self, opcode: int, data: bytes) -> bool:
+        """Write one frame after what waits; False when the client is gone (counted, and the connection cut)."""
         try:
-            self._socket.sendall(frame_header(opcode, len(data)) + data)
+            self._outbox.write(frame_header(opcode, len(data)) + data)
         except OSError as exc:
-            self._left(exc)
-            self._ended()
-            raise WebSocketError("Socket is dead") from None
+            self._lost(exc)
+            return False
+        return True
 
     def close(self, code: int = NORMAL, message: bytes = b"") -> None:
         """Send a close frame; the read side ends with the client's answer, or after ``CLOSE_WAIT_SECONDS``."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self._socket.sendall(frame_header(CLOSE, 2 + len(message)) + struct.pack("!H", code) + message)
-            self._socket.shutdown(socket.SHUT_WR)
-        except OSError:
+        if not self._send_frame(CLOSE, struct.pack("!H", code) + message):
             return  # the client is gone already: the reader sees it
+        self._outbox.then(self._shut_writes)
         self._closer = get_hub().loop.timer(CLOSE_WAIT_SECONDS)
         self._closer.start(self._stop_reading)
 
     def abort(self) -> None:
-        """Cut the TCP connection now: a blocked write fails and the buffers are freed."""
+        """Cut the TCP connection now: what waits is dropped, a blocked read ends and the buffers are freed."""
         self.closed = True
+        self._outbox.stop()
         try:
             self._socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             return  # already gone
+
+    def _shut_writes(self) -> None:
+        """Everything up to the close frame was written: no more (runs in the hub, or at once)."""
+        try:
+            self._socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return  # the client is gone already: the reader sees it
+
+    def _lost(self, exc: OSError) -> None:
+        """A write found the client gone: counted once, and the connection cut so that the reader ends too."""
+        self._left(exc)
+        self.abort()
 
     def _stop_reading(self) -> None:
         """The client did not answer the close frame in time: end the blocked read (runs in the hub)."""
@@ -301,6 +416,7 @@ class WebSocket:
 
     def _ended(self) -> None:
         self.closed = True
+        self._outbox.stop()
         if self._closer is not None:
             self._closer.stop()
             self._closer = None

@@ -12,10 +12,11 @@ from __future__ import annotations
 import threading
 from functools import partial
 
+import redis
 from flask import Flask
 from flask_socketio import SocketIO
 
-from gateway import health, logs, protocol
+from gateway import engine, health, logs, protocol
 from gateway.auth import TokenVerifier
 from gateway.config import Config
 from gateway.engine import EngineConnections, OutboundLimit
@@ -43,15 +44,7 @@ def create_app(config: Config | None = None) -> Flask:
     client = connect(redis_url, name="gateway-worker")
     registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
     history = History(client, config.key_prefix)
-    # The listener's own connection never retries inside redis-py: a lost
-    # connection must reach the listener, which then replays what it missed.
-    listener = Listener(
-        partial(connect, redis_url, name="gateway-fanout", command_timeout=None, retries=0), protocol.QUEUE_CHANNEL,
-        partial(protocol.user_channel, config.key_prefix),
-    )
-    manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods))
-    connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)
-    fanout = manager.fanout = Fanout(connections, history, config.topics)
+    listener, manager, fanout = _fanout(config, client, history)
     gateway = Gateway(
         registry, history, fanout, listener, TokenVerifier(config), config.topics, config.max_connections_per_user
     )
@@ -62,6 +55,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     app = Flask("gateway")
     socketio = _socketio(app, config, manager)
+    engine.send_directly(socketio.server)
     gateway.register(socketio)
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()
@@ -73,6 +67,21 @@ def create_app(config: Config | None = None) -> Flask:
         config, client, registry, listener, gateway, socketio, heartbeat, guard, stopping
     )
     return app
+
+
+def _fanout(config: Config, client: redis.Redis, history: History) -> tuple[Listener, ClientManager, Fanout]:
+    """The Redis listener, the client manager that reads it, and the fan-out that delivers what it reads."""
+    assert config.redis_url is not None  # validate() guarantees it
+    # The listener's own connection never retries inside redis-py: a lost
+    # connection must reach the listener, which then replays what it missed.
+    listener = Listener(
+        partial(connect, config.redis_url, name="gateway-fanout", command_timeout=None, retries=0),
+        protocol.QUEUE_CHANNEL, partial(protocol.user_channel, config.key_prefix),
+    )
+    manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods))
+    connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)
+    fanout = manager.fanout = Fanout(connections, history, config.topics)
+    return listener, manager, fanout
 
 
 def _socketio(app: Flask, config: Config, manager: ClientManager) -> SocketIO:
@@ -90,6 +99,7 @@ def _socketio(app: Flask, config: Config, manager: ClientManager) -> SocketIO:
         max_http_buffer_size=config.max_message_bytes,
         serializer=StrictPacket,
         async_handlers=False,
+        manage_session=False,  # no flask.session: nothing is kept per connection for it
         logger=LibraryLog("socketio.server"),
         engineio_logger=LibraryLog("engineio.server"),
     )

@@ -25,7 +25,7 @@ from harness.processes import (
 __all__ = [
     "REPO", "SECRET", "UNCLEAN", "Client", "GatewayProcess", "RedisServer", "connection_keys", "free_port",
     "gateway_env", "metric", "rss_bytes", "samples", "unclean_lines", "unique_user", "wait_for",
-    "registry_of", "live_keys", "subscribed_clients", "holders_by_pid",
+    "registry_of", "live_keys", "subscribed_clients", "holders_by_pid", "subscribed_on_every_worker",
 ]
 
 
@@ -50,3 +50,18 @@ def holders_by_pid(gateway: GatewayProcess) -> dict[int, set[str]]:
     """Users whose records each worker process holds."""
     registry = registry_of(gateway)
     return {int(worker.split(":")[-2]): set(registry.connections(worker).values()) for worker in registry.owners()}
+
+
+def subscribed_on_every_worker(gateway: GatewayProcess, at_least: int, *topics: str) -> list[Client]:
+    """At least ``at_least`` clients, each of a user of its own, and more until every worker holds some.
+
+    The kernel hands a new connection to whichever worker accepts first, often
+    the same one many times in a row.
+    """
+    clients: list[Client] = []
+    while len(clients) < at_least or len(holders_by_pid(gateway)) < gateway.config.workers:
+        assert len(clients) < at_least + 100, "every connection landed on one worker"
+        client = gateway.client(unique_user()).connect()
+        client.subscribe(*(topics or ("balance",)))
+        clients.append(client)
+    return clients

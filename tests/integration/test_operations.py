@@ -6,43 +6,31 @@ import json
 from collections.abc import Callable
 
 import pytest
-import redis
 import socketio
 
 from gateway.publisher import Publisher
-from tests.integration.support import (
-    Client,
-    GatewayProcess,
-    metric,
-    unique_user,
-    wait_for,
-)
+from tests.integration.support import Client, GatewayProcess, metric, subscribed_on_every_worker, wait_for
 
 StartGateway = Callable[..., GatewayProcess]
 
 
 def test_metrics_are_summed_over_workers(start_gateway: StartGateway) -> None:
     gateway = start_gateway(GATEWAY_LOG_FORMAT="json")
-    users = [unique_user() for _ in range(12)]
-    clients = []
-    for user in users:
-        client = gateway.client(user).connect()
-        client.subscribe("balance", "pnl")
-        clients.append(client)
-    owners = wait_for(lambda: len(set(registry_owner_pids(gateway))) == 2, 10, "clients on both workers")
-    assert owners
-    assert metric(gateway, "gateway_connections") == 12
-    assert metric(gateway, "gateway_subscriptions", topic="balance") == 12
+    clients = subscribed_on_every_worker(gateway, 12, "balance", "pnl")
+    users = [client.user for client in clients]
+    count = len(users)
+    assert metric(gateway, "gateway_connections") == count
+    assert metric(gateway, "gateway_subscriptions", topic="balance") == count
     with Publisher(config=gateway.config) as publisher:
         for user in users:
             publisher.publish(user, "balance", {"usd": "1"})
     for client in clients:
         client.wait_events("balance", 1)
-    wait_for(lambda: metric(gateway, "gateway_updates_delivered_total", topic="balance") == 12, 5, "delivered")
-    assert metric(gateway, "gateway_updates_published_total", topic="balance") == 12
+    wait_for(lambda: metric(gateway, "gateway_updates_delivered_total", topic="balance") == count, 5, "delivered")
+    assert metric(gateway, "gateway_updates_published_total", topic="balance") == count
     # Routed: each update reaches only the worker that holds its user.
-    assert metric(gateway, "gateway_updates_received_total", topic="balance") == 12
-    assert metric(gateway, "gateway_publish_to_send_seconds_count") == 12
+    assert metric(gateway, "gateway_updates_received_total", topic="balance") == count
+    assert metric(gateway, "gateway_publish_to_send_seconds_count") == count
     assert client_refused_counted(gateway)
     for client in clients:
         client.close()
@@ -52,12 +40,6 @@ def test_metrics_are_summed_over_workers(start_gateway: StartGateway) -> None:
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
     assert any(json.loads(line).get("logger") == "gunicorn.error" for line in lines)
     assert any("worker" in json.loads(line) for line in lines)
-
-
-def registry_owner_pids(gateway: GatewayProcess) -> list[int]:
-    client = redis.Redis.from_url(gateway.config.redis_url)
-    prefix = f"{gateway.config.key_prefix}:worker:"
-    return [int(key.decode()[len(prefix):].split(":")[-2]) for key in client.scan_iter(f"{prefix}*")]
 
 
 def client_refused_counted(gateway: GatewayProcess) -> bool:

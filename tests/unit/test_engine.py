@@ -3,18 +3,32 @@ sessions on a real python-socketio server without a network."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
+import gevent.socket
 import socketio
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 from prometheus_client import REGISTRY
 
-from gateway.engine import EngineConnections, OutboundLimit, Pinger, cut_every_session
+from gateway.engine import (
+    DirectSocket,
+    EngineConnections,
+    OutboundLimit,
+    Pinger,
+    backlog,
+    cut_every_session,
+    send_directly,
+)
+from gateway.inbound import InboundLimits, engineio_refusal
+from gateway.websocket import CLOSE, TEXT, WebSocket
+from tests.integration.rawws import frame
 
 
 @dataclass
@@ -161,3 +175,45 @@ def test_every_session_is_cut_when_a_worker_stops() -> None:
     server, session = a_server_with_a_session()
     assert cut_every_session(server) == 1
     assert session.closed
+
+
+# A session served directly: no writer greenlet, no queue, on a real socket pair under gevent.
+
+
+def server_frames(sock: Any, count: int) -> list[tuple[int, str]]:
+    """``count`` unmasked server frames read from ``sock``: (opcode, text)."""
+    data, found = b"", []
+    with gevent.Timeout(10):
+        while len(found) < count:
+            data += sock.recv(65536)
+            while len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F):
+                size = data[1] & 0x7F
+                found.append((data[0] & 0x0F, data[2:2 + size].decode()))
+                data = data[2 + size:]
+    return found
+
+
+def test_a_websocket_session_is_served_without_a_writer_or_a_queue_and_sends_from_the_caller() -> None:
+    server = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
+    send_directly(server)
+    gone: list[str] = []
+    server.eio.on("disconnect", lambda sid, reason: gone.append(str(reason)))
+    session = eio_socket.Socket(server.eio, "eio-1")
+    server.eio.sockets["eio-1"] = session
+    session.send(eio_packet.Packet(eio_packet.OPEN, {"sid": "eio-1"}))  # as python-engineio, before the upgrade
+    ours, theirs = gevent.socket.socketpair()
+    ws = WebSocket({}, ours, ours.makefile("rb"), InboundLimits.for_messages_of(4096), engineio_refusal)
+    driver = server.eio._async["websocket"](session._websocket_handler, server.eio)
+    reader = gevent.spawn(driver, {"wsgi.websocket": ws}, None)
+    (opened,) = server_frames(theirs, 1)
+    assert opened[1].startswith('0{"sid":"eio-1"')
+    assert isinstance(session, DirectSocket) and backlog(session) == 0
+    assert not hasattr(session.queue, "put"), "no queue: nothing can wait in one"
+    session.send(eio_packet.Packet(eio_packet.MESSAGE, '2["balance",{"seq":1}]'))
+    assert server_frames(theirs, 1) == [(TEXT, '42["balance",{"seq":1}]')], "written by the caller, at once"
+    theirs.sendall(frame(struct.pack("!H", 1000), CLOSE))
+    reader.join(10)
+    assert reader.dead and session.closed
+    assert gone == [server.eio.reason.TRANSPORT_CLOSE], "the disconnect handler ran once"
+    ours.close()
+    theirs.close()

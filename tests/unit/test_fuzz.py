@@ -105,8 +105,8 @@ def test_any_connect_payload_gives_a_token_or_none(auth: Any, header: str | None
 
 
 class _Peer:
-    def sendall(self, data: bytes) -> None:
-        pass
+    def send(self, data: bytes, flags: int = 0, timeout: float | None = None) -> int:
+        return len(data)
 
     def shutdown(self, how: int) -> None:
         pass

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 from typing import Any
 
 import engineio
 import gevent
 import gevent.baseserver
 import gevent.pywsgi
+import gevent.socket
 import gunicorn.arbiter
 import pytest
 import redis
 import socketio
 from engineio import socket as eio_socket
+from engineio.async_drivers import gevent as eio_gevent
 from geventwebsocket.handler import WebSocketHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -257,3 +260,55 @@ def test_gevent_servers_stop_accepting() -> None:
 def test_gunicorn_arbiter_keeps_its_listeners() -> None:
     """gunicorn.conf.py reads Arbiter.LISTENERS to tell the master from a worker."""
     assert hasattr(gunicorn.arbiter.Arbiter, "LISTENERS")
+
+
+# python-engineio's WebSocket driver, which engine.Driver replaces for the gateway's WebSocket
+
+
+def test_engineio_hands_a_websocket_to_the_driver_of_its_async_mode_with_the_sessions_bound_handler() -> None:
+    """engine.send_directly replaces Server._async["websocket"] (a copy of the mode's drivers); engine.Driver
+    reads handler.__self__ as the session and falls back to python-engineio's gevent WebSocketWSGI(handler,
+    server); the session's OPEN packet waits in Socket.queue until then."""
+    source = inspect.getsource(eio_socket.Socket._upgrade_websocket)
+    assert "self.server._async['websocket'](" in source and "self._websocket_handler, self.server)" in source
+    eio = engineio.Server(async_mode="gevent")
+    assert "websocket" in eio._async and eio._async is eio_gevent._async
+    assert parameters(eio_gevent.WebSocketWSGI.__init__) == ["self", "handler", "server"]
+    connection = eio_socket.Socket(eio, "sid")
+    assert connection.connected is False and connection.upgraded is False
+    assert connection.queue.empty() and callable(connection.queue.get_nowait)
+
+
+def test_engineio_forgets_a_websocket_session_once_its_handler_returned_closed() -> None:
+    """engine.DirectSocket.serve returns once closed; python-engineio then drops the session from
+    Server.sockets, as for its own driver."""
+    source = inspect.getsource(engineio.Server._handle_connect)
+    assert "ret = s.handle_get_request(environ, start_response)" in source
+    assert "if s.closed and sid in self.sockets:" in source
+
+
+def test_engineio_socket_parts_a_direct_session_keeps() -> None:
+    """engine.DirectSocket keeps Socket.receive, check_ping_timeout and the disconnect event of close(), and
+    python-engineio's reasons."""
+    eio = engineio.Server(async_mode="threading")
+    connection = eio_socket.Socket(eio, "sid")
+    assert connection.check_ping_timeout() is True
+    assert parameters(connection.receive) == ["pkt"]
+    assert "'disconnect', self.sid" in inspect.getsource(eio_socket.Socket.close)
+    assert eio.reason.TRANSPORT_CLOSE and eio.reason.SERVER_DISCONNECT
+
+
+# gevent: the outbox's non-blocking writes
+
+
+def test_a_gevent_socket_send_with_no_timeout_raises_instead_of_waiting() -> None:
+    """websocket.Outbox calls socket.send(data, 0, 0.0) and waits for writability with hub.loop.io(fd, 2)."""
+    ours, theirs = gevent.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with pytest.raises(BlockingIOError):
+        for _ in range(10_000):
+            ours.send(b"x" * 65536, 0, 0.0)
+    watcher = gevent.get_hub().loop.io(ours.fileno(), 2)
+    watcher.stop()
+    ours.close()
+    theirs.close()

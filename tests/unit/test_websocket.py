@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import struct
+import time
 from typing import Any
 
+import gevent
+import gevent.socket
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.inbound import InboundLimits
-from gateway.websocket import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, WebSocket, frame_header, unmask
+from gateway.websocket import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    Outbox,
+    WebSocket,
+    frame_header,
+    unmask,
+)
 from tests.integration.rawws import frame  # the raw client's frames: masked, or not, as a test says
 
 LIMIT = 1024
@@ -23,8 +39,10 @@ class Peer:
         self.written = bytearray()
         self.shut: list[int] = []
 
-    def sendall(self, data: bytes) -> None:
+    def send(self, data: bytes, flags: int = 0, timeout: float | None = None) -> int:
+        assert timeout == 0.0, "the gateway never waits on a write"
         self.written += data
+        return len(data)
 
     def shutdown(self, how: int) -> None:
         self.shut.append(how)
@@ -150,3 +168,79 @@ def test_send_writes_one_unmasked_text_frame() -> None:
     ws.send("4" + "x" * 70_000)
     assert peer.frames() == [(TEXT, b"2"), (TEXT, b"4" + b"x" * 70_000)]
     assert frame_header(TEXT, 70_001)[1] == 127
+
+
+# Writing: the outbox never blocks the writer, on a real socket pair under gevent.
+
+
+def a_socket_pair() -> tuple[Any, Any]:
+    ours, theirs = gevent.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return ours, theirs
+
+
+def read_all(sock: Any, size: int) -> bytes:
+    received = bytearray()
+    with gevent.Timeout(10):
+        while len(received) < size:
+            received += sock.recv(65536)
+    return bytes(received)
+
+
+def test_what_a_slow_client_does_not_take_waits_in_order_and_goes_out_as_it_reads() -> None:
+    ours, theirs = a_socket_pair()
+    lost: list[OSError] = []
+    outbox = Outbox(ours, lost.append)
+    chunks = [bytes([n]) * 8192 for n in range(200)]
+    started = time.monotonic()
+    for chunk in chunks:
+        outbox.write(chunk)
+    assert time.monotonic() - started < 1.0, "a write never waits for the client"
+    assert outbox.pending > 0, "the client did not read: most of it waits"
+    finished: list[bool] = []
+    outbox.then(lambda: finished.append(True))
+    assert read_all(theirs, 200 * 8192) == b"".join(chunks)
+    assert outbox.pending == 0 and finished == [True] and lost == []
+    ours.close()
+    theirs.close()
+
+
+def test_then_runs_at_once_when_nothing_waits() -> None:
+    ours, theirs = a_socket_pair()
+    outbox = Outbox(ours, lambda exc: None)
+    outbox.write(b"hello")
+    done: list[bool] = []
+    outbox.then(lambda: done.append(True))
+    assert done == [True] and read_all(theirs, 5) == b"hello"
+    ours.close()
+    theirs.close()
+
+
+def test_a_client_gone_while_its_backlog_waits_is_reported_once_and_the_backlog_dropped() -> None:
+    ours, theirs = a_socket_pair()
+    lost: list[OSError] = []
+    outbox = Outbox(ours, lost.append)
+    for _ in range(100):
+        outbox.write(b"x" * 8192)
+    assert outbox.pending
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()  # a reset: the flush fails in the hub
+    with gevent.Timeout(10):
+        while not lost:
+            gevent.sleep(0.01)
+    assert len(lost) == 1 and isinstance(lost[0], OSError) and outbox.pending == 0
+    ours.close()
+
+
+def test_a_websocket_whose_client_left_counts_it_once_and_sends_nothing_more() -> None:
+    ours, theirs = a_socket_pair()
+    ws = WebSocket({}, ours, io.BufferedReader(io.BytesIO(b"")), InboundLimits.for_messages_of(LIMIT))
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()
+    before = REGISTRY.get_sample_value("gateway_send_failures_total", {"reason": "client_gone"}) or 0.0
+    for _ in range(50):
+        ws.send_nowait("4" + "x" * 8192)
+    assert ws.closed
+    assert REGISTRY.get_sample_value("gateway_send_failures_total", {"reason": "client_gone"}) == before + 1
+    ours.close()
