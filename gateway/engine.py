@@ -150,8 +150,12 @@ class DirectSocket(eio_socket.Socket):  # type: ignore[misc]
         self.closed = True
         self.transport.close()
 
-    def serve(self, ws: WebSocket) -> list[bytes]:
-        """Read the WebSocket until it ends, handing every packet to python-engineio."""
+    def take(self, ws: WebSocket) -> None:
+        """Become the session of ``ws``: what waited in the queue is written, and a reader of its own starts.
+
+        The reader is a greenlet with a shallow stack: the WSGI handler's
+        greenlet, with the whole HTTP request under it, ends now.
+        """
         self.transport = ws
         self.connected = self.upgraded = True
         ws.settimeout(self.server.ping_interval + self.server.ping_timeout)
@@ -160,18 +164,27 @@ class DirectSocket(eio_socket.Socket):  # type: ignore[misc]
             pkt = queued.get_nowait()
             if pkt is not None:
                 ws.send_nowait(pkt.encode())
-        while (message := ws.receive()) is not None:
-            try:
-                self.receive(eio_packet.Packet(encoded_packet=message))
-            except eio_exceptions.UnknownPacketError:
-                continue
-            except eio_exceptions.SocketIsClosedError:
-                break
-            except Exception:
-                self.server.logger.exception("receive failed")  # as python-engineio's own reader does
-                break
-        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-        return []
+        ws.hand_over()
+        self.server.start_background_task(self.read)
+
+    def read(self) -> None:
+        """Read the WebSocket until it ends, handing every packet to python-engineio, then let it go."""
+        ws = self.transport
+        try:
+            while (message := ws.receive()) is not None:
+                try:
+                    self.receive(eio_packet.Packet(encoded_packet=message))
+                except eio_exceptions.UnknownPacketError:
+                    continue
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    self.server.logger.exception("receive failed")  # as python-engineio's own reader does
+                    break
+            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        finally:
+            ws.release()
+            self.server.sockets.pop(self.sid, None)
 
 
 class Driver:
@@ -191,7 +204,8 @@ class Driver:
         if not isinstance(ws, WebSocket) or session.connected:
             return _LIBRARY_DRIVER(self.handler, self.server)(environ, start_response)
         session.__class__ = DirectSocket
-        return session.serve(ws)
+        session.take(ws)
+        return []
 
 
 def send_directly(server: socketio.Server) -> None:

@@ -83,6 +83,8 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
     before it happens.
     """
 
+    socket: Any
+    websocket: WebSocket | None
     limits = InboundLimits.for_messages_of(65536)
     refusal: Refusal = staticmethod(_none)
     head_seconds = 10.0
@@ -172,6 +174,24 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
         )
         return None
 
+    def run_websocket(self) -> None:
+        """Run the application on the WebSocket; once it returns, close the WebSocket unless a reader took it.
+
+        A WebSocket handed over to a reader greenlet of its own is closed by
+        that reader: this handler, with the request it parsed, ends now, and
+        gevent's WSGI server must not close the socket under the reader.
+        """
+        ws = self.websocket
+        try:
+            list(self.application(self.environ, _ignore_start_response))
+        finally:
+            if ws is not None and ws.handed_over:
+                self.socket = None
+            elif ws is not None and not ws.closed:
+                ws.close()
+            self.environ["wsgi.websocket"] = None
+            self.websocket = None
+
     # What gevent's WSGI server would print to stderr.
 
     def handle_error(self, t: type[BaseException], v: BaseException, tb: Any) -> None:
@@ -199,6 +219,15 @@ class Handler(WebSocketHandler):  # type: ignore[misc]
 
     def log_error(self, msg: str, *args: Any) -> None:
         log.debug(msg, *args)
+
+
+def _ignore_start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+    """The application's response after a WebSocket upgrade: the 101 was sent already, the rest is ignored."""
+    return _ignore
+
+
+def _ignore(_data: bytes) -> None:
+    return None
 
 
 def _valid_key(key: str) -> bool:

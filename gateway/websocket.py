@@ -221,7 +221,44 @@ class Handshake:
         return self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
 
 
-class WebSocket(Handshake):
+class FrameReader(Handshake):
+    """Client frames read off a WebSocket's buffered input, each judged on its header against the limits."""
+
+    __slots__ = ("_rfile", "_limits", "_budget")
+
+    def __init__(self, environ: dict[str, Any], rfile: Any, limits: InboundLimits) -> None:
+        super().__init__(environ)
+        self._rfile = rfile
+        self._limits = limits
+        self._budget = InboundBudget(limits, time.monotonic())
+
+    def _frame_header(self, total: int, started: bool) -> tuple[bool, int, int]:
+        """Read and judge one frame header, against the limits and the message so far."""
+        first, second = self._read(2)
+        fin, opcode, size = judge_header(first, second, started)
+        if size == 126:
+            (size,) = struct.unpack("!H", self._read(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", self._read(8))
+        if total + size > self._limits.max_message_bytes:
+            raise ClientMistake("frame_too_large")
+        if not self._budget.spend(size, time.monotonic()):
+            raise ClientMistake("flood")
+        return fin, opcode, size
+
+    def _payload(self, size: int) -> bytes:
+        key = self._read(4)
+        return unmask(self._read(size), key) if size else b""
+
+    def _read(self, size: int) -> bytes:
+        data: bytes = self._rfile.read(size)
+        if len(data) != size:
+            raise _Ended
+        return data
+
+
+
+class WebSocket(FrameReader):
     """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
 
     ``receive`` returns the next text message, or None once the connection
@@ -231,8 +268,7 @@ class WebSocket(Handshake):
     message before it goes further, returning a refusal reason or None.
     """
 
-    __slots__ = ("closed", "_gone", "_socket", "_rfile", "_limits", "_budget", "_check", "_closer",
-                 "_outbox")
+    __slots__ = ("closed", "handed_over", "_gone", "_socket", "_check", "_closer", "_outbox")
 
     def __init__(
         self,
@@ -242,13 +278,12 @@ class WebSocket(Handshake):
         limits: InboundLimits,
         check: Callable[[str], str | None] | None = None,
     ) -> None:
-        super().__init__(environ)
+        super().__init__(environ, rfile, limits)
         self.closed = False
+        #: read by a greenlet of its own rather than the WSGI handler's (:meth:`hand_over`)
+        self.handed_over = False
         self._gone = False
         self._socket = sock
-        self._rfile = rfile
-        self._limits = limits
-        self._budget = InboundBudget(limits, time.monotonic())
         self._check = check
         self._closer: Any = None
         self._outbox = Outbox(sock, self._lost)
@@ -302,30 +337,6 @@ class WebSocket(Handshake):
         if self._check is not None and (reason := self._check(text)) is not None:
             raise ClientMistake(reason)
         return text
-
-    def _frame_header(self, total: int, started: bool) -> tuple[bool, int, int]:
-        """Read and judge one frame header, against the limits and the message so far."""
-        first, second = self._read(2)
-        fin, opcode, size = judge_header(first, second, started)
-        if size == 126:
-            (size,) = struct.unpack("!H", self._read(2))
-        elif size == 127:
-            (size,) = struct.unpack("!Q", self._read(8))
-        if total + size > self._limits.max_message_bytes:
-            raise ClientMistake("frame_too_large")
-        if not self._budget.spend(size, time.monotonic()):
-            raise ClientMistake("flood")
-        return fin, opcode, size
-
-    def _payload(self, size: int) -> bytes:
-        key = self._read(4)
-        return unmask(self._read(size), key) if size else b""
-
-    def _read(self, size: int) -> bytes:
-        data: bytes = self._rfile.read(size)
-        if len(data) != size:
-            raise _Ended
-        return data
 
     def _control(self, opcode: int, payload: bytes) -> bool:
         """Answer a control frame; False once it was a close."""
@@ -387,6 +398,17 @@ class WebSocket(Handshake):
             self._socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             return  # already gone
+
+    def hand_over(self) -> None:
+        """From now on a reader of its own reads the connection, and :meth:`release` closes it, not the handler."""
+        self.handed_over = True
+
+    def release(self) -> None:
+        """The reader is done: the socket is closed (nothing more is written), and the handshake's objects go."""
+        self._ended()
+        self._rfile.close()
+        self._socket.close()
+        self.environ = {}
 
     def _shut_writes(self) -> None:
         """Everything up to the close frame was written: no more (runs in the hub, or at once)."""

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 0.1
 #: Seconds a starting worker waits for its fan-out listener before serving.
 START_SECONDS = 5.0
+#: Seconds a second call of stop waits for the first to finish.
+STOP_SECONDS = 15.0
 #: Connections of a worker kept for plain HTTP when it is full of WebSockets (at most).
 HTTP_RESERVE = 100
 
@@ -84,6 +86,8 @@ class GatewayWorker:
     stopped: bool = field(default=False, init=False)
     #: set by :meth:`look_now` to have ``alive`` looked at before the next tick
     _look: threading.Event = field(default_factory=threading.Event, init=False)
+    #: set once :meth:`stop` finished
+    _done: threading.Event = field(default_factory=threading.Event, init=False)
 
     @property
     def worker_id(self) -> str:
@@ -146,8 +150,17 @@ class GatewayWorker:
         call twice; never raises.
         """
         if self.stopped:
+            # No handler greenlet holds gunicorn's pool open for the connections, so gunicorn may be exiting
+            # while the first call still sends clients away: wait for it.
+            self._done.wait(STOP_SECONDS)
             return
         self.stopped = True
+        try:
+            self._stop()
+        finally:
+            self._done.set()
+
+    def _stop(self) -> None:
         self.stopping.set()
         stop_accepting()
         self.listener.stop()

@@ -193,7 +193,7 @@ def server_frames(sock: Any, count: int) -> list[tuple[int, str]]:
     return found
 
 
-def test_a_websocket_session_is_served_without_a_writer_or_a_queue_and_sends_from_the_caller() -> None:
+def test_a_websocket_session_is_read_by_a_greenlet_of_its_own_and_written_by_the_caller() -> None:
     server = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
     send_directly(server)
     gone: list[str] = []
@@ -204,7 +204,8 @@ def test_a_websocket_session_is_served_without_a_writer_or_a_queue_and_sends_fro
     ours, theirs = gevent.socket.socketpair()
     ws = WebSocket({}, ours, ours.makefile("rb"), InboundLimits.for_messages_of(4096), engineio_refusal)
     driver = server.eio._async["websocket"](session._websocket_handler, server.eio)
-    reader = gevent.spawn(driver, {"wsgi.websocket": ws}, None)
+    assert driver({"wsgi.websocket": ws}, None) == [], "the WSGI handler's greenlet is let go at once"
+    assert ws.handed_over
     (opened,) = server_frames(theirs, 1)
     assert opened[1].startswith('0{"sid":"eio-1"')
     assert isinstance(session, DirectSocket) and backlog(session) == 0
@@ -212,8 +213,10 @@ def test_a_websocket_session_is_served_without_a_writer_or_a_queue_and_sends_fro
     session.send(eio_packet.Packet(eio_packet.MESSAGE, '2["balance",{"seq":1}]'))
     assert server_frames(theirs, 1) == [(TEXT, '42["balance",{"seq":1}]')], "written by the caller, at once"
     theirs.sendall(frame(struct.pack("!H", 1000), CLOSE))
-    reader.join(10)
-    assert reader.dead and session.closed
+    with gevent.Timeout(10):
+        while "eio-1" in server.eio.sockets:
+            gevent.sleep(0.01)
+    assert session.closed and ours.fileno() == -1, "the session's reader closed the socket as it ended"
     assert gone == [server.eio.reason.TRANSPORT_CLOSE], "the disconnect handler ran once"
     ours.close()
     theirs.close()
