@@ -24,7 +24,9 @@ pinned versions still have it:
   ``log_message_keys`` of python-engineio;
 - :func:`origin_refused`: python-engineio's own origin check,
   ``Server._cors_allowed_origins``;
-- :func:`start_manager`: python-socketio's ``manager_initialized`` flag.
+- :func:`start_manager`: python-socketio's ``manager_initialized`` flag;
+- :func:`keep_slim_environs`: python-socketio's ``Server.environ``, set item
+  by item as sessions open.
 """
 
 from __future__ import annotations
@@ -300,6 +302,30 @@ def take_handlers(server: socketio.Server, own: Mapping[str, Callable[..., Any]]
         theirs[event] = eio.handlers[event]
         eio.on(event, handler)
     return theirs
+
+
+#: What Flask, Werkzeug and the gateway's handlers read of a session's environ once its WebSocket is open.
+KEPT_ENVIRON = frozenset({
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL",
+    "REMOTE_ADDR", "wsgi.url_scheme", "HTTP_HOST", "HTTP_ORIGIN", "HTTP_AUTHORIZATION", "flask.app", "wsgi.websocket",
+})
+
+
+class SlimEnvirons(dict[str, dict[str, Any]]):
+    """python-socketio's environ of each session, keeping only :data:`KEPT_ENVIRON` of what it is given.
+
+    python-socketio keeps a copy of every session's WSGI environ for as long
+    as the session lives: every header, the WSGI input stream and what the
+    server put there. Only what the handlers read is kept.
+    """
+
+    def __setitem__(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        super().__setitem__(eio_sid, {key: value for key, value in environ.items() if key in KEPT_ENVIRON})
+
+
+def keep_slim_environs(server: socketio.Server) -> None:
+    """Have ``server`` keep :class:`SlimEnvirons` (python-socketio's ``Server.environ``)."""
+    server.environ = SlimEnvirons(server.environ)
 
 
 def start_manager(server: socketio.Server) -> None:

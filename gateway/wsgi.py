@@ -56,6 +56,7 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask("gateway")
     socketio = _socketio(app, config, manager)
     engine.send_directly(socketio.server)
+    engine.keep_slim_environs(socketio.server)
     gateway.register(socketio)
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()

@@ -10,6 +10,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import flask
 import gevent
 import gevent.socket
 import socketio
@@ -24,6 +25,7 @@ from gateway.engine import (
     Pinger,
     backlog,
     cut_every_session,
+    keep_slim_environs,
     send_directly,
 )
 from gateway.inbound import InboundLimits, engineio_refusal
@@ -220,3 +222,24 @@ def test_a_websocket_session_is_read_by_a_greenlet_of_its_own_and_written_by_the
     assert gone == [server.eio.reason.TRANSPORT_CLOSE], "the disconnect handler ran once"
     ours.close()
     theirs.close()
+
+
+def test_a_sessions_environ_keeps_only_what_its_handlers_read_and_flask_still_builds_a_request_from_it() -> None:
+    app = flask.Flask("slim")
+    server = socketio.Server(async_mode="threading", logger=False, engineio_logger=False)
+    keep_slim_environs(server)
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/socket.io/", "SERVER_NAME": "gw.example",
+        "QUERY_STRING": "EIO=4&transport=websocket&token=t", "SERVER_PORT": "443", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "https", "HTTP_HOST": "gw.example", "HTTP_AUTHORIZATION": "Bearer t",
+        "HTTP_USER_AGENT": "x" * 500, "HTTP_COOKIE": "y" * 500, "wsgi.input": object(), "flask.app": app,
+        "wsgi.websocket": "the WebSocket",
+    }
+    server.environ["eio-1"] = environ
+    kept = server.environ["eio-1"]
+    assert set(kept) == set(environ) - {"HTTP_USER_AGENT", "HTTP_COOKIE", "wsgi.input"}
+    with app.request_context(kept):
+        assert flask.request.headers["Authorization"] == "Bearer t" and flask.request.args["token"] == "t"
+        assert flask.request.path == "/socket.io/" and flask.request.host == "gw.example"
+    del server.environ["eio-1"]
+    assert server.environ == {}

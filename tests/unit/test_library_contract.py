@@ -312,3 +312,10 @@ def test_a_gevent_socket_send_with_no_timeout_raises_instead_of_waiting() -> Non
     watcher.stop()
     ours.close()
     theirs.close()
+
+
+def test_socketio_keeps_each_sessions_environ_by_item_assignment() -> None:
+    """engine.keep_slim_environs relies on python-socketio setting Server.environ[eio_sid] item by item (so that
+    SlimEnvirons.__setitem__ sees each) and deleting it as the session ends."""
+    assert "self.environ[eio_sid] = environ" in inspect.getsource(socketio.Server._handle_eio_connect)
+    assert "del self.environ[eio_sid]" in inspect.getsource(socketio.Server._handle_eio_disconnect)
