@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_DEPS := tests/js/node_modules/.package-lock.json
+BENCH_NODE_DEPS := bench/node/node_modules/.package-lock.json
 
 .PHONY: run test unit lint typecheck bench redis-server clean pin
 
@@ -25,6 +26,10 @@ redis-server:
 $(NODE_DEPS): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --silent --no-audit --no-fund
 
+# The benchmark's Node.js Socket.IO server and emitter (bench/node).
+$(BENCH_NODE_DEPS): bench/node/package.json bench/node/package-lock.json
+	cd bench/node && npm ci --silent --no-audit --no-fund
+
 run: $(STAMP)
 	@if [ -z "$$GATEWAY_REDIS_URL" ]; then $(MAKE) --no-print-directory redis-server; fi
 	$(PY) -m gateway.devserver
@@ -41,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway
 
-bench: $(STAMP) redis-server
+bench: $(STAMP) redis-server $(BENCH_NODE_DEPS)
 	$(PY) -m bench
 
 # Re-pin requirements.txt from pyproject's dependencies in a scratch venv.
@@ -52,4 +57,4 @@ pin:
 	rm -rf .pin-venv
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/js/node_modules bench/node/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -57,7 +57,8 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--quick", is_flag=True, help="Small numbers (1,000 clients, 200 users, short windows): a minute or two.")
 @click.option("--systems", default=None,
-              help="Comma list of NAME:WORKERS [default: gateway:1,gateway:2,baseline:1,baseline:2].")
+              help="Comma list of NAME:WORKERS, NAME one of gateway, baseline, node "
+                   "[default: gateway:1,gateway:2,baseline:1,baseline:2,node:1,node:2].")
 @_knob("--clients", click.IntRange(1, 19_000), "Connections scenario: clients.")
 @_knob("--users", click.IntRange(1, 19_000), "Latency and rate scenarios: users.")
 @_knob("--latency-rate", click.IntRange(1), "Latency scenario: updates/s.")
@@ -77,7 +78,7 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
               help="Where the JSON results go; each server's log goes to the same folder.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING"]), default="INFO")
 def main(quick: bool, systems: str | None, rates: str | None, output: Path, log_level: str, **numbers: object) -> None:
-    """Benchmark the gateway against a plain Flask-SocketIO baseline, side by side."""
+    """Benchmark the gateway against a plain Flask-SocketIO baseline and a Node.js Socket.IO server, side by side."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     plan = Plan(log_level=log_level)
     plan = plan.quick() if quick else plan

@@ -1,6 +1,6 @@
 """Paced publishers: processes that publish updates at a set rate.
 
-Two ways to publish, one per system under test, both in batches of what is
+Three ways to publish, one per system under test, all in batches of what is
 due (one Redis round trip a batch, :data:`BATCH` updates at most), so that a
 publisher spends little CPU per update and the servers, not the publishers,
 are what the rate search finds the limit of:
@@ -10,8 +10,13 @@ are what the rate search finds the limit of:
 - ``baseline``: the message ``flask_socketio.SocketIO(message_queue=url).emit(
   topic, payload, to=room)`` publishes, the same JSON on the same channel,
   pipelined; the publisher numbers the updates itself.
+- ``node``: ``@socket.io/redis-emitter``'s ``emitter.to(room).emit(topic,
+  payload)``, as a Node backend job emits to Socket.IO servers on the Redis
+  adapter, in a Node child of the publisher process (:class:`bench.nodejs.Emitter`)
+  that takes one batch a line; the publisher numbers the updates itself, the
+  child stamps ``ts``.
 
-Both carry the same update ``{"topic", "user_id", "seq", "ts", "data"}``
+All three carry the same update ``{"topic", "user_id", "seq", "ts", "data"}``
 (about 200 bytes of data), stamped with ``ts`` at the moment of publishing.
 
 One process publishes a few thousand updates a second at most, so a rate is
@@ -39,6 +44,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from bench.child import Child, call_all, configure_child, serve, start_all
+from bench.nodejs import Emitter, EmitterError
 from gateway.errors import PublishError
 
 log = logging.getLogger(__name__)
@@ -72,6 +78,13 @@ class Sender(Protocol):
     def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
         """Publish one update to each ``(user, seq)``, ``seq`` the publisher's count; the seqs sent."""
 
+    @property
+    def helpers(self) -> list[int]:
+        """PIDs of the processes the sender publishes through, besides its own: their CPU is the publisher's."""
+
+    def close(self) -> None:
+        """Release the connections and processes the sender holds."""
+
 
 class GatewaySender:
     """Publishes with the gateway's own :class:`~gateway.publisher.Publisher`."""
@@ -85,6 +98,13 @@ class GatewaySender:
 
     def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
         return self.publisher.publish_many([(user, TOPIC, self.data) for user, _ in batch])
+
+    @property
+    def helpers(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        self.publisher.close()
 
 
 class BaselineSender:
@@ -110,8 +130,35 @@ class BaselineSender:
         pipe.execute()
         return [seq for _, seq in batch]
 
+    @property
+    def helpers(self) -> list[int]:
+        return []
 
-SENDERS: dict[str, type[GatewaySender] | type[BaselineSender]] = {"gateway": GatewaySender, "baseline": BaselineSender}
+    def close(self) -> None:
+        self.redis.close()
+
+
+class NodeSender:
+    """Publishes with ``@socket.io/redis-emitter``, through a Node child process of this publisher."""
+
+    def __init__(self, redis_url: str, env: Mapping[str, str]) -> None:
+        self.emitter = Emitter(redis_url, env, TOPIC, sample_data())
+
+    def send(self, batch: Sequence[tuple[str, int]]) -> list[int]:
+        self.emitter.emit(batch)
+        return [seq for _, seq in batch]
+
+    @property
+    def helpers(self) -> list[int]:
+        return [self.emitter.pid]
+
+    def close(self) -> None:
+        self.emitter.close()
+
+
+SENDERS: dict[str, type[GatewaySender] | type[BaselineSender] | type[NodeSender]] = {
+    "gateway": GatewaySender, "baseline": BaselineSender, "node": NodeSender,
+}
 
 
 def pace(
@@ -156,7 +203,7 @@ def _pace_one(
         batch_users = list(dict.fromkeys(users[n % len(users)] for n in range(sent, due)))
         try:
             answers = sender.send([(user, seqs[user] + 1) for user in batch_users])
-        except (RedisError, PublishError, ValueError) as exc:
+        except (RedisError, PublishError, ValueError, EmitterError) as exc:
             errors += len(batch_users)
             log.debug("publish failed: %s", exc)
         else:
@@ -170,15 +217,21 @@ def _pace_one(
 
 
 def main(conn: Connection, kind: str, redis_url: str, env: dict[str, str], niceness: int, log_level: str) -> None:
-    """A publisher process: one sender, paced on command, at a lower priority."""
+    """A publisher process: one sender, paced on command, at a lower priority (its helpers too)."""
     configure_child(log_level)
     os.nice(niceness)
-    sender = SENDERS[kind](redis_url, env)
+    sender: Sender = SENDERS[kind](redis_url, env)
 
     def publish(**arguments: Any) -> dict[str, Any]:
         return pace(sender, **arguments)
 
-    serve(conn, {"publish": publish})
+    def pids() -> list[int]:
+        return [os.getpid(), *sender.helpers]
+
+    try:
+        serve(conn, {"publish": publish, "pids": pids})
+    finally:
+        sender.close()
 
 
 @dataclass(frozen=True)
@@ -220,7 +273,8 @@ class PublisherPool:
 
     @property
     def pids(self) -> list[int]:
-        return [child.pid for child in self.children]
+        """The publisher processes and the helpers they publish through (the node system's emitters)."""
+        return [pid for child in self.children for pid in child.call("pids", 30)]
 
     def processes_for(self, rate: float) -> int:
         return max(1, min(len(self.children), math.ceil(rate / self.per_process)))

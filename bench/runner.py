@@ -3,7 +3,7 @@
 For every system: (1) connections, on a fresh server; then (2) latency,
 (3) latency again beside a hostile neighbour and (4) the rate search, on
 another fresh server with ``users`` clients. Every process started here
-(redis-server, gunicorn, publishers, load generators, the hostile client) is
+(redis-server, gunicorn or node, publishers, load generators, the hostile client) is
 stopped by its PID on the way out, on success, error or Ctrl-C.
 """
 
@@ -24,7 +24,7 @@ from bench.hostile import Flooded, HostileClient
 from bench.loadgen import LoadGen
 from bench.publish import NICENESS, START_DELAY, TOPIC, PublisherPool, Sent
 from bench.stats import Tally, tally
-from bench.systems import CpuMeter, SystemSpec, Usage, new_server, open_sockets, rss_kb, stop_server
+from bench.systems import CpuMeter, SystemSpec, Usage, check_installed, new_server, open_sockets, rss_kb, stop_server
 from harness.processes import GatewayProcess, RedisServer, unclean_lines
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Plan:
 
     systems: tuple[SystemSpec, ...] = (
         SystemSpec("gateway", 1), SystemSpec("gateway", 2), SystemSpec("baseline", 1), SystemSpec("baseline", 2),
+        SystemSpec("node", 1), SystemSpec("node", 2),
     )
     clients: int = 10_000
     users: int = 1_000
@@ -181,6 +182,7 @@ class Site:
 
 def run(plan: Plan, logs: Path = RESULTS) -> list[SystemResult]:
     """Every system of ``plan``, one after the other, against one private Redis; server logs go to ``logs``."""
+    check_installed(plan.systems)
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         site = Site(Path(tmp), secrets.token_hex(32), logs)

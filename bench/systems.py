@@ -3,9 +3,12 @@
 - ``gateway``: ``gunicorn -c gunicorn.conf.py gateway.wsgi:app``, started and
   stopped by the integration tests' own :class:`GatewayProcess`;
 - ``baseline``: ``gunicorn -c bench/gunicorn_baseline.conf.py
-  'bench.baseline:create_app()'``, the same worker class and connection cap.
+  'bench.baseline:create_app()'``, the same worker class and connection cap;
+- ``node``: ``node bench/node/server.mjs``, a Socket.IO 4 server on
+  ``@socket.io/redis-adapter``: a cluster primary and its workers, as gunicorn's
+  master and its workers.
 
-Both read the same ``GATEWAY_*`` environment (bind, Redis URL, JWT secret),
+All three read the same ``GATEWAY_*`` environment (bind, Redis URL, JWT secret),
 built by the tests' :func:`gateway_env`. Memory is read from
 ``/proc/<pid>/status`` (VmRSS) and CPU time from ``/proc/<pid>/stat``.
 """
@@ -19,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.nodejs import node_command
 from harness.processes import REPO, GatewayProcess, gateway_env, wait_for
 
 #: Seconds a server has to start, and to stop, before the run fails.
@@ -27,6 +31,8 @@ STOP_SECONDS = 40
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: ESTABLISHED and CLOSE_WAIT in ``/proc/net/tcp``: sockets the server has not closed.
 OPEN_STATES = frozenset({"01", "08"})
+#: The systems, by the name ``--systems`` gives them.
+NAMES = ("gateway", "baseline", "node")
 
 
 @dataclass(frozen=True)
@@ -44,30 +50,51 @@ class SystemSpec:
     def parse(cls, text: str) -> SystemSpec:
         """``gateway:2`` -> gateway with two workers."""
         name, _, workers = text.partition(":")
-        if name not in ("gateway", "baseline") or not workers.isdigit() or int(workers) < 1:
-            raise ValueError(f"{text!r}: expected gateway:N or baseline:N")
+        if name not in NAMES or not workers.isdigit() or int(workers) < 1:
+            raise ValueError(f"{text!r}: expected gateway:N, baseline:N or node:N")
         return cls(name, int(workers))
 
 
 class BaselineProcess(GatewayProcess):
     """The plain Flask-SocketIO baseline under gunicorn, managed like the gateway."""
 
+    NAME = "baseline"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn_baseline.conf.py",
+                "bench.baseline:create_app()"]
+
     def start(self, *, wait: bool = True) -> BaselineProcess:
+        command = self.command()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "bench/gunicorn_baseline.conf.py",
-                 "bench.baseline:create_app()"],
-                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         if wait:
-            wait_for(self._ready, START_SECONDS, "baseline /healthz")
+            wait_for(self._ready, START_SECONDS, f"{self.NAME} /healthz and every worker listening")
         return self
 
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-        return self.http("/healthz").status_code == 200
+            raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+        return self._listening() and self.http("/healthz").status_code == 200
+
+    def _listening(self) -> bool:
+        """Whether every worker listens (for the baseline: /healthz answering is enough, as it always was)."""
+        return True
+
+
+class NodeProcess(BaselineProcess):
+    """``node bench/node/server.mjs``: a cluster primary whose children are the workers, managed like gunicorn."""
+
+    NAME = "node"
+    #: What each worker logs once it listens.
+    LISTENING = "worker listening on"
+
+    def command(self) -> list[str]:
+        return node_command("server.mjs")
+
+    def _listening(self) -> bool:
+        return self.log().count(self.LISTENING) >= self.config.workers
 
 
 def new_server(spec: SystemSpec, redis_url: str, folder: Path, secret: str, log_path: Path) -> GatewayProcess:
@@ -78,8 +105,16 @@ def new_server(spec: SystemSpec, redis_url: str, folder: Path, secret: str, log_
         redis_url, f"bench{uuid.uuid4().hex[:8]}", home,
         GATEWAY_WORKERS=str(spec.workers), GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="INFO",
     )
-    kind = GatewayProcess if spec.name == "gateway" else BaselineProcess
-    return kind(env, log_path)
+    kinds: dict[str, type[GatewayProcess]] = {
+        "gateway": GatewayProcess, "baseline": BaselineProcess, "node": NodeProcess,
+    }
+    return kinds[spec.name](env, log_path)
+
+
+def check_installed(specs: tuple[SystemSpec, ...]) -> None:
+    """Fail before anything starts when a system of ``specs`` is not installed (the node system's npm packages)."""
+    if any(spec.name == "node" for spec in specs):
+        node_command("server.mjs")
 
 
 def stop_server(server: GatewayProcess) -> None:
