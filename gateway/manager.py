@@ -13,15 +13,17 @@ room methods:
 - ``_publish`` publishes through the gateway's Redis client, and raises
   rather than drops when Redis is away;
 - python-socketio finds a client's rooms by scanning every room of the
-  namespace, on each disconnect and each ``rooms()`` call: quadratic when
-  thousands of clients leave at once (a worker stopped, a network blip).
-  The manager keeps an index of each client's rooms instead.
+  namespace, on each disconnect and each ``rooms()`` call, and keeps the
+  clients being connected or disconnected in lists it searches on every
+  event: both quadratic when thousands of clients leave at once (a worker
+  stopped, a network blip). The manager keeps an index of each client's
+  rooms instead, and those clients in insertion-ordered dicts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -79,6 +81,47 @@ class QueueFilter:
         return None
 
 
+class _Sids(dict[str, int]):
+    """The sids python-socketio keeps in a list per namespace, with the list's ``append``, ``remove``, ``in``,
+    ``len`` and iteration, duplicates included, each in O(1) but iteration."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self, sids: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._count = 0
+        for sid in sids:
+            self.append(sid)
+
+    def append(self, sid: str) -> None:
+        self[sid] = self.get(sid, 0) + 1
+        self._count += 1
+
+    def remove(self, sid: str) -> None:
+        left = self[sid] - 1
+        if left:
+            self[sid] = left
+        else:
+            del self[sid]
+        self._count -= 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        for sid, times in self.items():
+            yield from [sid] * times
+
+
+class _PendingSids(dict[str, Any]):
+    """python-socketio's ``pending_connect`` or ``pending_disconnect``: each namespace's list it sets becomes
+    :class:`_Sids`. Its ``sid in pending[namespace]``, checked on every event, is then not a scan of every
+    client leaving at the same moment."""
+
+    def __setitem__(self, namespace: str, sids: Any) -> None:
+        super().__setitem__(namespace, _Sids(sids))
+
+
 class ClientManager(socketio.PubSubManager):  # type: ignore[misc]
     """The Socket.IO server's client manager, on the gateway's Redis listener and fan-out."""
 
@@ -99,6 +142,8 @@ class ClientManager(socketio.PubSubManager):  # type: ignore[misc]
         self._redis = redis_client
         #: (namespace, sid) -> the rooms the client is in, None and its own included
         self._sid_rooms: dict[tuple[str, str], set[str | None]] = {}
+        self.pending_connect = _PendingSids()
+        self.pending_disconnect = _PendingSids()
 
     # The pub/sub backend.
 
