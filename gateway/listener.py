@@ -52,13 +52,6 @@ class Sink(Protocol):
         """Called between reads; returns how long the next read may wait (``busy``: a message just came)."""
 
 
-class MessageSink(Sink, Protocol):
-    """A sink that also takes the messages, for :meth:`Listener.run`."""
-
-    def on_message(self, data: bytes) -> None:
-        """One message from any of the channels, in the order Redis sent them."""
-
-
 class Listener:
     """The pub/sub connection of one worker, for the queue ``channel`` and the users it watches."""
 
@@ -119,11 +112,6 @@ class Listener:
                 log.debug("unsubscribing %s failed: %s", channel, exc)
 
     # The loop.
-
-    def run(self, sink: MessageSink) -> None:
-        """Hand every message to ``sink`` until :meth:`stop`, through any number of Redis failures."""
-        for data in self.messages(sink):
-            sink.on_message(data)
 
     def messages(self, sink: Sink) -> Iterator[bytes]:
         """Every message of the channels, in the order Redis sent them, until :meth:`stop`.

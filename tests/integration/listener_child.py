@@ -39,11 +39,16 @@ class Recorder:
         return 0.2
 
 
+def listen(listener: Listener, recorder: Recorder) -> None:
+    for data in listener.messages(recorder):
+        recorder.on_message(data)
+
+
 def main() -> None:
     url, prefix = sys.argv[1], sys.argv[2]
     listener = Listener(lambda: redis.Redis.from_url(url, socket_timeout=5), "flask-socketio",
                         lambda user: protocol.user_channel(prefix, user))
-    running = gevent.spawn(listener.run, Recorder())
+    running = gevent.spawn(listen, listener, Recorder())
     for line in FileObjectThread(sys.stdin):
         command, _, argument = line.strip().partition(" ")
         try:
