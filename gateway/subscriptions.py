@@ -146,6 +146,16 @@ class Registry:
         start = len(worker_id) + 1
         return {text(conn)[start:]: text(user) for conn, user in held.items()}
 
+    def release_all(self, sids: list[str]) -> None:
+        """Remove every record of each closed connection of ``sids``, in one round trip.
+
+        Each connection is released by its own atomic script, as by :meth:`release`.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                self._release(args=[self.prefix, self.worker_id, connection_id(self.worker_id, sid)], client=pipe)
+            pipe.execute()
+
     def drop_worker(self, worker_id: str, batch: int = 500) -> int:
         """Remove every record of ``worker_id``; return how many connections it held.
 
@@ -185,28 +195,48 @@ class Registry:
         return as_set(self.redis.smembers(self.key("user", user)))
 
 
+#: Closed connections released in one round trip at most.
+RELEASE_BATCH = 500
+
+
 class PendingReleases:
     """Removes the records of closed connections, and retries what Redis refused.
 
-    ``release`` never raises. A release that fails (Redis away) is kept and
-    retried at every heartbeat, so that the registry stops reporting a
-    connection that is gone as soon as Redis answers again; the outage is
-    logged once at ERROR, not once per connection.
+    ``release`` never raises. Releases asked while one is under way go
+    together in the next round trip (at most :data:`RELEASE_BATCH`): when
+    thousands of clients leave at once, their records go in a few pipelined
+    round trips rather than one each, and an idle worker's release is not
+    delayed. A release that fails (Redis away) is kept and retried at every
+    heartbeat, so that the registry stops reporting a connection that is gone
+    as soon as Redis answers again; the outage is logged once at ERROR, not
+    once per connection.
     """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.pending: set[str] = set()
+        #: closed connections waiting for the release under way to finish
+        self.queued: list[str] = []
+        self._releasing = False
         self._fault = FaultOnce(log, "could not remove the records of closed connections")
 
     def release(self, sid: str, **context: Any) -> None:
+        self.queued.append(sid)
+        if self._releasing:
+            return  # the caller releasing now takes this one in its next round trip
+        self._releasing = True
         try:
-            removed = self.registry.release(sid)
-        except RedisError:
-            self.pending.add(sid)
-            self._fault.fault(sid=sid, **context)
-            return
-        log.debug("connection closed, %d topics released", len(removed), extra={"sid": sid, **context})
+            while self.queued:
+                batch, self.queued = self.queued[:RELEASE_BATCH], self.queued[RELEASE_BATCH:]
+                try:
+                    self.registry.release_all(batch)
+                except RedisError:
+                    self.pending.update(batch)
+                    self._fault.fault(sid=sid, connections=len(batch), **context)
+                    continue
+                log.debug("connections closed, records released", extra={"connections": len(batch), **context})
+        finally:
+            self._releasing = False
 
     def retry(self) -> int:
         """Release again what failed before; return how many succeeded."""

@@ -7,8 +7,8 @@ import threading
 
 import redis
 
-from gateway.subscriptions import Registry
-from tests.integration.support import RedisServer, connection_keys
+from gateway.subscriptions import PendingReleases, Registry
+from tests.integration.support import RedisServer, connection_keys, free_port
 
 TOPICS = ("balance", "positions", "pnl", "orders")
 
@@ -161,3 +161,48 @@ def test_drop_worker_releases_the_counted_connections_too(redis_client: redis.Re
     alive.drop_worker("dead")
     assert alive.connect("b", "4", limit=1)
     alive.release("b")
+
+
+def test_closed_connections_released_together_leave_what_one_at_a_time_would(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    other = Registry(redis_client, prefix, "w2")
+    for n in range(30):
+        registry.subscribe(f"s{n}", str(n % 7), TOPICS[: 1 + n % 4])
+    other.subscribe("t", "3", ["balance"])
+    registry.connect("s0", "0")
+    registry.release_all([f"s{n}" for n in range(30)])
+    assert registry.connections("w1") == {}
+    assert registry.user_topics("3") == {"balance"}, "another worker's connection of the same user stays"
+    assert registry.user_connections("0") == 0
+    other.release("t")
+    assert live_keys(redis_client, prefix) == set()
+
+
+def test_releases_asked_during_one_go_in_the_next_round_trip_and_failures_are_retried(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    client = redis_server.client()
+    registry = Registry(client, prefix, "w1")
+    for n in range(5):
+        registry.subscribe(f"s{n}", "4", ["pnl"])
+    releases = PendingReleases(registry)
+    trips: list[list[str]] = []
+    release_all = registry.release_all
+
+    def counted(sids: list[str]) -> None:
+        trips.append(list(sids))
+        if len(trips) == 1:  # while the first round trip is under way, four more connections close
+            for n in range(1, 5):
+                releases.release(f"s{n}")
+        release_all(sids)
+
+    registry.release_all = counted  # type: ignore[method-assign]
+    releases.release("s0")
+    assert trips == [["s0"], ["s1", "s2", "s3", "s4"]]
+    assert registry.connections("w1") == {} and releases.queued == []
+    unreachable = Registry(redis.Redis(port=free_port(), socket_connect_timeout=0.2), prefix, "w1")
+    failing = PendingReleases(unreachable)
+    failing.release("s9")
+    assert failing.pending == {"s9"} and failing.queued == []
