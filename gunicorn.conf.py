@@ -90,7 +90,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server):
-    """Start from empty metrics: files of an earlier run would be summed in."""
+    """Refuse TLS in gunicorn; start from empty metrics (files of an earlier run would be summed in).
+
+    The gateway writes to client sockets without blocking (gateway.websocket.Outbox),
+    which a TLS socket does not allow: TLS ends in front of gunicorn (deploy/nginx).
+    """
+    if server.cfg.is_ssl:
+        sys.exit("gateway: certfile: TLS ends in front of gunicorn (nginx or the load balancer), not in it: "
+                 "the gateway writes to client sockets without blocking, which TLS sockets do not allow")
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):

@@ -66,3 +66,18 @@ def test_polling_is_served_with_one_worker(start_gateway: Callable[..., GatewayP
         publisher.publish(user, "pnl", {"day": "3"})
     assert client.wait_events("pnl", 1)[0]["data"] == {"day": "3"}
     client.close()
+
+
+def test_tls_in_gunicorn_is_refused_at_start_with_one_line_naming_the_setting(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = gateway_env(redis_server.url, "tls", tmp_path)
+    env["GUNICORN_CMD_ARGS"] = f"--certfile={tmp_path / 'cert.pem'} --keyfile={tmp_path / 'key.pem'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gateway.wsgi:app"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: certfile: TLS ends in front of gunicorn"), result.stderr
+    assert "Booting worker" not in result.stderr, "no worker starts"
