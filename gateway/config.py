@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from gateway.errors import ConfigError
-from gateway.protocol import QUEUE_METHODS, parse_topics
+from gateway.protocol import DEFAULT_TOPICS, QUEUE_METHODS, parse_topics
 
 N = TypeVar("N", int, float)
 
@@ -170,7 +170,7 @@ class Config:
     jwt_audience: str | None = setting("GATEWAY_JWT_AUDIENCE", _text, "required token audience", default=None)
     jwt_issuer: str | None = setting("GATEWAY_JWT_ISSUER", _text, "required token issuer", default=None)
     topics: tuple[str, ...] = setting(
-        "GATEWAY_TOPICS", parse_topics, "private per-user topics", default=("balance", "positions", "pnl", "orders")
+        "GATEWAY_TOPICS", parse_topics, "private per-user topics", default=DEFAULT_TOPICS
     )
     cors_origins: tuple[str, ...] | None = setting(
         "GATEWAY_CORS_ORIGINS", _origins, "allowed browser origins; unset: same origin only", default=None

@@ -46,8 +46,12 @@ class QueueFilter:
     logged once per reason as a WARNING.
     """
 
-    def __init__(self, allowed: tuple[str, ...] = ("emit",)) -> None:
+    def __init__(
+        self, allowed: tuple[str, ...] = ("emit",), topics: tuple[str, ...] = protocol.DEFAULT_TOPICS
+    ) -> None:
         self.allowed = frozenset(allowed)
+        #: the topics whose users' rooms an emit may name
+        self.topics = frozenset(topics)
         self._logged: set[str] = set()
 
     def method(self, message: dict[str, Any]) -> str | None:
@@ -76,7 +80,7 @@ class QueueFilter:
         if method in ("emit", "broadcast"):
             if message.get("namespace") not in (None, "/") or message.get("binary"):
                 return "bad_emit"
-            if method == "emit" and not protocol.is_user_room(message.get("room")):
+            if method == "emit" and not protocol.is_user_room(message.get("room"), self.topics):
                 return "bad_room"
         return None
 

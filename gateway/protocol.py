@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,8 @@ USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@|:-]{0,127}")
 MAX_TOPICS_PER_REQUEST = 64
 #: The Socket.IO namespace every client uses.
 NAMESPACE = "/"
+#: The private per-user topics a gateway serves unless GATEWAY_TOPICS says otherwise.
+DEFAULT_TOPICS = ("balance", "positions", "pnl", "orders")
 #: The Redis channel of Flask-SocketIO's message queue (its default), where backends' emits arrive.
 QUEUE_CHANNEL = "flask-socketio"
 #: What a Flask-SocketIO queue message may ask of the workers: ``emit`` to a
@@ -54,12 +56,16 @@ def room_name(topic: str, user: str) -> str:
     return f"{topic}_{user}"
 
 
-def is_user_room(room: object) -> bool:
-    """Whether ``room`` names one user's topic, ``<topic>_<user>``."""
+def is_user_room(room: object, topics: Container[str]) -> bool:
+    """Whether ``room`` names one user's topic, ``<topic>_<user>``, of one of ``topics``.
+
+    A client's own room is named by its Socket.IO sid, random base64url that
+    may read as ``<word>_<rest>``: only a topic of the gateway's tells them apart.
+    """
     if not isinstance(room, str):
         return False
     topic, _, user = room.partition("_")
-    return is_topic_name(topic) and USER_ID_RE.fullmatch(user) is not None
+    return topic in topics and USER_ID_RE.fullmatch(user) is not None
 
 
 def user_channel(prefix: str, user: str) -> str:

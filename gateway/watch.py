@@ -12,17 +12,16 @@ import sys
 
 import socketio
 
-from gateway import logs
+from gateway import logs, protocol
 from gateway.client import OrderedClient
 
 log = logging.getLogger("gateway.watch")
-DEFAULT_TOPICS = ["balance", "positions", "pnl", "orders"]
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         sys.exit("usage: python -m gateway.watch URL TOKEN [TOPIC...]")
-    url, token, topics = argv[0], argv[1], argv[2:] or DEFAULT_TOPICS
+    url, token, topics = argv[0], argv[1], argv[2:] or list(protocol.DEFAULT_TOPICS)
     logs.configure("INFO", "text")
     client = OrderedClient()
 

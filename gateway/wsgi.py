@@ -79,7 +79,7 @@ def _fanout(config: Config, client: redis.Redis, history: History) -> tuple[List
         partial(connect, config.redis_url, name="gateway-fanout", command_timeout=None, retries=0),
         protocol.QUEUE_CHANNEL, partial(protocol.user_channel, config.key_prefix),
     )
-    manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods))
+    manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods, config.topics))
     connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)
     fanout = manager.fanout = Fanout(connections, history, config.topics)
     return listener, manager, fanout

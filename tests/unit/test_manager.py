@@ -132,3 +132,13 @@ def test_listen_ends_the_task_as_gevent_ends_a_killed_greenlet_once_the_listener
     manager.listener.stop()
     with pytest.raises(gevent.GreenletExit):
         list(manager._listen())
+
+
+@pytest.mark.parametrize("room", ["xq_Z9aGfB0sLm-AAAAB", "news_4", "abc_DEF123"])
+def test_an_emit_to_a_room_that_only_reads_like_a_users_is_refused(room: str) -> None:
+    """A client's own room is its Socket.IO sid, random base64url that may read as <word>_<rest>: an emit reaches
+    only the rooms of the gateway's own topics."""
+    before = refused("bad_room")
+    assert QueueFilter(("emit",), ("balance", "pnl")).method(emit(room=room)) is None
+    assert refused("bad_room") == before + 1
+    assert QueueFilter(("emit",), ("balance", "pnl")).method(emit(room="pnl_4")) == "emit"
