@@ -153,40 +153,38 @@ class DirectSocket(eio_socket.Socket):  # type: ignore[misc]
         self.transport.close()
 
     def take(self, ws: WebSocket) -> None:
-        """Become the session of ``ws``: what waited in the queue is written, and a reader of its own starts.
+        """Become the session of ``ws``: what waited in the queue is written, and ``ws`` is read from the hub.
 
-        The reader is a greenlet with a shallow stack: the WSGI handler's
-        greenlet, with the whole HTTP request under it, ends now.
+        No greenlet waits for the client: the WSGI handler's, with the whole
+        HTTP request under it, ends now, and each burst of the client's input
+        is handled by a greenlet that ends with it (:meth:`WebSocket.start`).
         """
         self.transport = ws
         self.connected = self.upgraded = True
-        ws.settimeout(self.server.ping_interval + self.server.ping_timeout)
         queued, self.queue = self.queue, _NO_QUEUE
         while not queued.empty():  # the OPEN packet, sent before the upgrade
             pkt = queued.get_nowait()
             if pkt is not None:
                 ws.send_nowait(pkt.encode())
-        ws.hand_over()
-        self.server.start_background_task(self.read)
+        ws.start(self)
 
-    def read(self) -> None:
-        """Read the WebSocket until it ends, handing every packet to python-engineio, then let it go."""
-        ws = self.transport
+    def received(self, message: str) -> bool:
+        """One Engine.IO packet from the client, handled as python-engineio's own reader would; False to stop."""
         try:
-            while (message := ws.receive()) is not None:
-                try:
-                    self.receive(eio_packet.Packet(encoded_packet=message))
-                except eio_exceptions.UnknownPacketError:
-                    continue
-                except eio_exceptions.SocketIsClosedError:
-                    break
-                except Exception:
-                    self.server.logger.exception("receive failed")  # as python-engineio's own reader does
-                    break
-            self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-        finally:
-            ws.release()
-            self.server.sockets.pop(self.sid, None)
+            self.receive(eio_packet.Packet(encoded_packet=message))
+        except eio_exceptions.UnknownPacketError:
+            return True
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            self.server.logger.exception("receive failed")  # as python-engineio's own reader does
+            return False
+        return True  # a session closed now still reads its client's close frame
+
+    def ended(self) -> None:
+        """The client's WebSocket ended: so does the session (once), and the server forgets it."""
+        self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        self.server.sockets.pop(self.sid, None)
 
 
 class Driver:

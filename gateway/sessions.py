@@ -37,9 +37,9 @@ from socketio import packet as sio_packet
 
 from gateway import engine, metrics
 from gateway.errors import ClientMistake
+from gateway.frames import POLICY_VIOLATION
 from gateway.inbound import NAMESPACE, socketio_refusal
 from gateway.mistakes import client_mistake
-from gateway.websocket import POLICY_VIOLATION
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,14 @@ by reason (``gateway_client_errors_total``) and logged at DEBUG:
 
 Unmasking is one XOR of two integers, and decoding one call: both run in C,
 so a message of the maximum size costs the event loop well under a
-millisecond. A peer that leaves (EOF, reset, timeout) ends :meth:`receive`
-with None, as a close frame does.
+millisecond. A peer that leaves (EOF, reset, timeout) ends the reading, as
+a close frame does.
+
+Reading parks nothing per connection (:meth:`WebSocket.start`): once the
+session is open, an io watcher waits in the hub until the client sends, and
+each burst of input is read and handled by a greenlet that ends with it. An
+idle connection is its objects alone; a greenlet's stack is paid only while
+a client's message is being handled.
 
 Writing never blocks (:class:`Outbox`): a frame the client's socket does not
 take at once waits, in order, and is flushed from the hub as the client
@@ -27,98 +33,86 @@ for one slow client.
 
 Closing is the RFC's handshake: a close frame, then the read side waits at
 most :data:`CLOSE_WAIT_SECONDS` for the client's answer before it is shut, so
-that a reader blocked on a silent client returns. The TCP connection itself is
-closed by gevent's WSGI server once the handler returns.
+that a silent client is not waited for. The TCP connection is closed once
+the reading ended (by gevent's WSGI server when the handler's greenlet read
+it).
 """
 
 from __future__ import annotations
 
+import _socket
+import enum
+import functools
+import logging
 import socket
 import struct
-import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from gevent import get_hub
+from gevent import get_hub, spawn_raw
 from geventwebsocket.exceptions import WebSocketError
+from greenlet import greenlet
 
 from gateway.errors import ClientMistake
-from gateway.inbound import InboundBudget, InboundLimits
+from gateway.frames import (
+    BINARY,
+    CLOSE,
+    CLOSE_CODES,
+    NORMAL,
+    PING,
+    POLICY_VIOLATION,
+    PONG,
+    TEXT,
+    Incoming,
+    close_code,
+    frame_header,
+)
+from gateway.inbound import InboundLimits
 from gateway.mistakes import client_gone, client_mistake
 
-CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+log = logging.getLogger(__name__)
+
 #: Seconds the read side waits for the client's close frame after the gateway sent its own.
 CLOSE_WAIT_SECONDS = 5.0
-#: The close code of each refusal (RFC 6455 §7.4.1).
-CLOSE_CODES = {
-    "frame_too_large": 1009,
-    "unmasked_frame": 1002,
-    "bad_frame": 1002,
-    "binary": 1003,
-    "invalid_utf8": 1007,
-}
-POLICY_VIOLATION = 1008
-NORMAL = 1000
-#: Close codes a client may send besides 3000-4999 (RFC 6455 §7.4); anything else is answered with 1002.
-VALID_CLOSE_CODES = frozenset(range(1000, 1012)) - {1004, 1005, 1006}
-#: libev's event mask for "the socket can take more".
-WRITE = 2
+#: libev's event masks for "the socket has something to read" and "the socket can take more".
+READ, WRITE = 1, 2
+#: Bytes taken off a client's socket in one read.
+READ_CHUNK = 16384
 
 
-class _Ended(Exception):
-    """The peer ended the TCP connection in the middle of a frame."""
+class _Wait(enum.Enum):
+    """What the reading of a message says while it is not all in yet."""
+
+    MORE = 0
 
 
-def unmask(payload: bytes, key: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte masking ``key`` repeated (RFC 6455 §5.3), in one C-level operation."""
-    size = len(payload)
-    if not size:
-        return payload
-    stream = (key * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(size, "little")
+_MORE = _Wait.MORE
 
 
-def frame_header(opcode: int, size: int) -> bytes:
-    """The header of an unmasked, final server frame of ``size`` payload bytes."""
-    if size < 126:
-        return bytes((0x80 | opcode, size))
-    if size < 1 << 16:
-        return struct.pack("!BBH", 0x80 | opcode, 126, size)
-    return struct.pack("!BBQ", 0x80 | opcode, 127, size)
+class RawSocket(_socket.socket):
+    """A client's socket once its WebSocket is read from the hub: the operating system's, non-blocking.
 
-
-def judge_header(first: int, second: int, started: bool) -> tuple[bool, int, int]:
-    """The first two bytes of a client frame: ``(fin, opcode, length code)``, or raise ``ClientMistake``.
-
-    ``started``: a fragmented message is under way, so only a continuation
-    or a control frame may come.
+    It takes the file descriptor away from gevent's socket object, which the
+    WSGI server closes when the handler returns, and costs no watcher of its
+    own. ``send`` takes the ``timeout`` argument of gevent's, which it
+    ignores: it never waits.
     """
-    fin, opcode, size = bool(first & 0x80), first & 0x0F, second & 0x7F
-    if first & 0x70 or opcode in (3, 4, 5, 6, 7) or opcode > PONG:
-        raise ClientMistake("bad_frame")
-    if not second & 0x80:
-        raise ClientMistake("unmasked_frame")
-    if opcode >= CLOSE:
-        if not fin or size > 125:
-            raise ClientMistake("bad_frame")
-    elif opcode == BINARY:
-        raise ClientMistake("binary")
-    elif (opcode == TEXT) == started:  # a new message inside a fragmented one, or a continuation of nothing
-        raise ClientMistake("bad_frame")
-    return fin, opcode, size
 
+    __slots__ = ()
 
-def close_code(payload: bytes) -> int:
-    """The status code of a client's close frame (§5.5.1, §7.4), or raise ``ClientMistake``."""
-    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else NORMAL
-    if len(payload) == 1 or not (code in VALID_CLOSE_CODES or 3000 <= code <= 4999):
-        raise ClientMistake("bad_frame")
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClientMistake("invalid_utf8") from None
-    return code
+    @classmethod
+    def taken_from(cls, sock: Any, rfile: Any) -> tuple[RawSocket, bytes]:
+        """The connection of gevent's ``sock``, and what its buffered reader ``rfile`` held already."""
+        sock.settimeout(0.0)
+        held = rfile.read1(READ_CHUNK)  # what is buffered, or one read that does not wait
+        rfile.close()
+        raw = cls(fileno=sock.detach())
+        raw.setblocking(False)
+        return raw, held
+
+    def send(self, data: Any, flags: int = 0, timeout: float | None = None) -> int:
+        return super().send(data, flags)
 
 
 class Outbox:
@@ -157,6 +151,10 @@ class Outbox:
             self._queue = deque([memoryview(data)[sent:]])
             self._watcher = get_hub().loop.io(self._socket.fileno(), WRITE)
             self._watcher.start(self._flush)
+
+    def rebind(self, sock: Any) -> None:
+        """Write through ``sock`` from now on: the same connection, under another socket object."""
+        self._socket = sock
 
     def then(self, action: Callable[[], None]) -> None:
         """Run ``action`` once everything written so far is taken (at once when nothing waits)."""
@@ -221,54 +219,81 @@ class Handshake:
         return self.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
 
 
-class FrameReader(Handshake):
-    """Client frames read off a WebSocket's buffered input, each judged on its header against the limits."""
+class Receiver(Protocol):
+    """What a WebSocket read from the hub (:meth:`WebSocket.start`) hands what it reads to."""
 
-    __slots__ = ("_rfile", "_limits", "_budget")
+    def received(self, message: str) -> bool:
+        """One text message from the client; False to read no more."""
 
-    def __init__(self, environ: dict[str, Any], rfile: Any, limits: InboundLimits) -> None:
-        super().__init__(environ)
-        self._rfile = rfile
-        self._limits = limits
-        self._budget = InboundBudget(limits, time.monotonic())
-
-    def _frame_header(self, total: int, started: bool) -> tuple[bool, int, int]:
-        """Read and judge one frame header, against the limits and the message so far."""
-        first, second = self._read(2)
-        fin, opcode, size = judge_header(first, second, started)
-        if size == 126:
-            (size,) = struct.unpack("!H", self._read(2))
-        elif size == 127:
-            (size,) = struct.unpack("!Q", self._read(8))
-        if total + size > self._limits.max_message_bytes:
-            raise ClientMistake("frame_too_large")
-        if not self._budget.spend(size, time.monotonic()):
-            raise ClientMistake("flood")
-        return fin, opcode, size
-
-    def _payload(self, size: int) -> bytes:
-        key = self._read(4)
-        return unmask(self._read(size), key) if size else b""
-
-    def _read(self, size: int) -> bytes:
-        data: bytes = self._rfile.read(size)
-        if len(data) != size:
-            raise _Ended
-        return data
+    def ended(self) -> None:
+        """The reading ended (the client left or closed, or was refused); the socket closes right after."""
 
 
+class HubReader:
+    """Reads one WebSocket from the hub, so that nothing waits for a client that sends nothing.
 
-class WebSocket(FrameReader):
-    """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
-
-    ``receive`` returns the next text message, or None once the connection
-    ended (the client left, closed, or was refused); ``send`` writes one text
-    frame; ``close`` starts the closing handshake; ``abort`` cuts the TCP
-    connection at once (a client that stopped reading). ``check`` judges each
-    message before it goes further, returning a refusal reason or None.
+    An io watcher waits in the hub until the client sends. Then a greenlet
+    of its own takes what came, hands each whole message to the receiver
+    (which may wait, on Redis for instance) and ends, and the watcher waits
+    again; a connection's messages are handled one at a time, in order. Once
+    the reading ends the receiver is told, then the socket is closed.
     """
 
-    __slots__ = ("closed", "handed_over", "_gone", "_socket", "_check", "_closer", "_outbox")
+    __slots__ = ("_ws", "_receiver", "_watcher")
+
+    def __init__(self, ws: WebSocket, receiver: Receiver, fileno: int) -> None:
+        self._ws = ws
+        self._receiver = receiver
+        self._watcher: Any = get_hub().loop.io(fileno, READ)
+
+    def start(self, now: bool) -> None:
+        """Wait for the client; ``now``: read what was received already first."""
+        if now:
+            spawn_raw(self._burst)
+        else:
+            self._watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        """The client sent something (runs in the hub: nothing here may block)."""
+        self._watcher.stop()
+        greenlet(self._burst, get_hub()).switch()
+
+    def _burst(self) -> None:
+        """Take what came, hand each whole message on, then wait in the hub again; or end."""
+        ws = self._ws
+        try:
+            if ws.fill() is not None:
+                while (message := ws.take()) is not _MORE:
+                    if message is None or not self._receiver.received(message):
+                        break
+                else:
+                    if not ws.finished:
+                        self._watcher.start(self._readable)
+                        return
+        except Exception:  # a fault of the gateway's: logged once, and this connection ends
+            log.exception("reading a WebSocket failed")
+        self._end()
+
+    def _end(self) -> None:
+        try:
+            self._receiver.ended()
+        finally:
+            self._ws.release()
+
+
+class WebSocket(Handshake):
+    """One client's WebSocket after the handshake: what python-engineio's gevent driver uses.
+
+    Read from the hub once :meth:`start` ran (:class:`HubReader`), with no
+    greenlet parked for it; or by ``receive``, which waits for the next text
+    message, None once the connection ended (python-engineio's own driver,
+    for a session upgraded from long-polling). ``send`` writes one text
+    frame; ``close`` starts the closing handshake; ``abort`` cuts the TCP
+    connection at once. ``check`` judges each message, returning a refusal
+    reason or None.
+    """
+
+    __slots__ = ("closed", "handed_over", "_gone", "_socket", "_rfile", "_incoming", "_closer", "_outbox", "_reader")
 
     def __init__(
         self,
@@ -278,65 +303,87 @@ class WebSocket(FrameReader):
         limits: InboundLimits,
         check: Callable[[str], str | None] | None = None,
     ) -> None:
-        super().__init__(environ, rfile, limits)
+        super().__init__(environ)
         self.closed = False
-        #: read by a greenlet of its own rather than the WSGI handler's (:meth:`hand_over`)
+        #: read from the hub (:meth:`start`) rather than by the WSGI handler's greenlet
         self.handed_over = False
         self._gone = False
         self._socket = sock
-        self._check = check
+        #: the handshake's buffered input, read until the WebSocket is read from the hub
+        self._rfile = rfile
+        self._incoming = Incoming(limits, check)
         self._closer: Any = None
         self._outbox = Outbox(sock, self._lost)
+        self._reader: HubReader | None = None  # once read from the hub
 
     def settimeout(self, seconds: float) -> None:
-        """Bound every read and write; python-engineio sets ping interval + ping timeout.
-
-        Without it a write to a peer that stopped reading blocks until TCP
-        gives up, many minutes later.
-        """
+        """Bound every wait of :meth:`receive`; python-engineio's driver sets ping interval + ping timeout."""
         self._socket.settimeout(seconds)
 
-    # Reading.
+    @property
+    def finished(self) -> bool:
+        """Nothing more is read: the connection ended, or the gateway closed it and waits for no answer."""
+        return self.closed and self._closer is None
+
+    def start(self, receiver: Receiver) -> None:
+        """From now on, read from the hub and hand every message to ``receiver``; the socket is closed after.
+
+        What the handshake's buffer held already (a client may send its first
+        frames right behind the upgrade request) is read first.
+        """
+        self.handed_over = True
+        self.environ = {}
+        self._socket, pipelined = RawSocket.taken_from(self._socket, self._rfile)
+        self._rfile = None
+        self._outbox.rebind(self._socket)
+        self._reader = HubReader(self, receiver, self._socket.fileno())
+        self._incoming.feed(pipelined)
+        self._reader.start(now=bool(pipelined))
 
     def receive(self) -> str | None:
-        """The next text message, or None when the connection has ended."""
-        if self.closed and self._closer is None:
+        """The next text message, waiting for it; None when the connection has ended."""
+        while (message := self.take()) is _MORE:
+            if self.fill() is None:
+                self._ended()
+                return None
+        if message is None:
+            self._ended()
+        return message
+
+    def fill(self) -> bool | None:
+        """Take what the client sent: True when bytes came, False when none had (read from the hub), None once
+        the connection ended (end of stream, reset, a timeout of :meth:`receive`)."""
+        try:
+            data = self._socket.recv(READ_CHUNK) if self._rfile is None else self._rfile.read1(READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._left(exc)
+            return None
+        if not data:
+            return None
+        self._incoming.feed(data)
+        return True
+
+    def take(self) -> str | None | _Wait:
+        """The next text message of what was received; ``_MORE`` until one is all in; None once the connection
+        ends (a close frame, or a refusal, which is counted and closes with its code)."""
+        if self.finished:
             return None
         try:
-            while (message := self._read_message()) is not None:
+            while (item := self._incoming.next()) is not None:
+                if not isinstance(item, str):
+                    if self._control(*item):
+                        continue
+                    return None
                 if not self.closed:
-                    return message
+                    return item
                 # Closing: what the client sends before its close frame is dropped.
         except ClientMistake as exc:
             client_mistake(exc.reason)
             self.close(CLOSE_CODES.get(exc.reason, POLICY_VIOLATION))
-        except _Ended:
-            pass
-        except OSError as exc:
-            self._left(exc)
-        self._ended()
-        return None
-
-    def _read_message(self) -> str | None:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            fin, opcode, size = self._frame_header(total, started=bool(parts))
-            if opcode >= CLOSE:
-                if self._control(opcode, self._payload(size)):
-                    continue
-                return None
-            total += size
-            parts.append(self._payload(size))
-            if fin:
-                break
-        try:
-            text = (parts[0] if len(parts) == 1 else b"".join(parts)).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ClientMistake("invalid_utf8") from None
-        if self._check is not None and (reason := self._check(text)) is not None:
-            raise ClientMistake(reason)
-        return text
+            return None
+        return _MORE
 
     def _control(self, opcode: int, payload: bytes) -> bool:
         """Answer a control frame; False once it was a close."""
@@ -348,8 +395,6 @@ class WebSocket(FrameReader):
             return True
         self.close(close_code(payload))
         return False
-
-    # Writing and closing.
 
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
         """Write one message without waiting; a client gone is counted and raised as ``WebSocketError``."""
@@ -386,7 +431,7 @@ class WebSocket(FrameReader):
         self.closed = True
         if not self._send_frame(CLOSE, struct.pack("!H", code) + message):
             return  # the client is gone already: the reader sees it
-        self._outbox.then(self._shut_writes)
+        self._outbox.then(functools.partial(self._shut, socket.SHUT_WR))  # all up to the close frame written
         self._closer = get_hub().loop.timer(CLOSE_WAIT_SECONDS)
         self._closer.start(self._stop_reading)
 
@@ -394,28 +439,24 @@ class WebSocket(FrameReader):
         """Cut the TCP connection now: what waits is dropped, a blocked read ends and the buffers are freed."""
         self.closed = True
         self._outbox.stop()
-        try:
-            self._socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            return  # already gone
-
-    def hand_over(self) -> None:
-        """From now on a reader of its own reads the connection, and :meth:`release` closes it, not the handler."""
-        self.handed_over = True
+        self._shut(socket.SHUT_RDWR)
 
     def release(self) -> None:
-        """The reader is done: the socket is closed (nothing more is written), and the handshake's objects go."""
+        """The reading from the hub is done: the socket is closed, and nothing more is written."""
         self._ended()
-        self._rfile.close()
-        self._socket.close()
-        self.environ = {}
+        self._reader = None
+        loop, sock = get_hub().loop, self._socket
+        if loop.closing_fd(sock.fileno()):  # as gevent's own close: a watcher still on the fd is woken first
+            loop.run_callback(sock.close)
+        else:
+            sock.close()
 
-    def _shut_writes(self) -> None:
-        """Everything up to the close frame was written: no more (runs in the hub, or at once)."""
+    def _shut(self, how: int) -> None:
+        """Shut one side of the connection, or both (may run in the hub); a client gone already is no matter."""
         try:
-            self._socket.shutdown(socket.SHUT_WR)
+            self._socket.shutdown(how)
         except OSError:
-            return  # the client is gone already: the reader sees it
+            return  # the reading sees it
 
     def _lost(self, exc: OSError) -> None:
         """A write found the client gone: counted once, and the connection cut so that the reader ends too."""
@@ -425,10 +466,7 @@ class WebSocket(FrameReader):
     def _stop_reading(self) -> None:
         """The client did not answer the close frame in time: end the blocked read (runs in the hub)."""
         self._closer = None
-        try:
-            self._socket.shutdown(socket.SHUT_RD)
-        except OSError:
-            return  # the connection ended meanwhile
+        self._shut(socket.SHUT_RD)
 
     def _left(self, exc: OSError) -> None:
         """The client is gone: counted once per connection, whether the reader or a writer saw it first."""
@@ -439,6 +477,6 @@ class WebSocket(FrameReader):
     def _ended(self) -> None:
         self.closed = True
         self._outbox.stop()
-        if self._closer is not None:
-            self._closer.stop()
-            self._closer = None
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            closer.stop()

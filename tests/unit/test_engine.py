@@ -28,8 +28,9 @@ from gateway.engine import (
     keep_slim_environs,
     send_directly,
 )
+from gateway.frames import CLOSE, TEXT
 from gateway.inbound import InboundLimits, engineio_refusal
-from gateway.websocket import CLOSE, TEXT, WebSocket
+from gateway.websocket import WebSocket
 from tests.integration.rawws import frame
 
 
@@ -195,7 +196,7 @@ def server_frames(sock: Any, count: int) -> list[tuple[int, str]]:
     return found
 
 
-def test_a_websocket_session_is_read_by_a_greenlet_of_its_own_and_written_by_the_caller() -> None:
+def test_a_websocket_session_is_read_from_the_hub_and_written_by_the_caller() -> None:
     server = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
     send_directly(server)
     gone: list[str] = []
@@ -218,9 +219,10 @@ def test_a_websocket_session_is_read_by_a_greenlet_of_its_own_and_written_by_the
     with gevent.Timeout(10):
         while "eio-1" in server.eio.sockets:
             gevent.sleep(0.01)
-    assert session.closed and ours.fileno() == -1, "the session's reader closed the socket as it ended"
+    theirs.settimeout(5)
+    assert theirs.recv(100) == bytes([0x80 | CLOSE, 2]) + struct.pack("!H", 1000), "the client's close answered"
+    assert session.closed and theirs.recv(100) == b"", "then the socket closed, as the reading ended"
     assert gone == [server.eio.reason.TRANSPORT_CLOSE], "the disconnect handler ran once"
-    ours.close()
     theirs.close()
 
 

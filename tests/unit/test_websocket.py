@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 import io
-import os
 import socket
 import struct
 from typing import Any
@@ -11,21 +11,13 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
+from greenlet import greenlet
 from prometheus_client import REGISTRY
 
+from gateway import websocket
+from gateway.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, frame_header
 from gateway.inbound import InboundLimits
-from gateway.websocket import (
-    BINARY,
-    CLOSE,
-    CONTINUATION,
-    PING,
-    PONG,
-    TEXT,
-    Outbox,
-    WebSocket,
-    frame_header,
-    unmask,
-)
+from gateway.websocket import READ_CHUNK, Outbox, WebSocket
 from tests.integration.rawws import frame  # the raw client's frames: masked, or not, as a test says
 
 LIMIT = 1024
@@ -73,12 +65,6 @@ def socket_for(data: bytes, limits: InboundLimits | None = None, **kwargs: Any) 
     return ws, peer
 
 
-def test_unmask_is_the_rfc_xor() -> None:
-    key, data = os.urandom(4), os.urandom(1001)
-    assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
-    assert unmask(b"", key) == b""
-
-
 def test_a_masked_text_message_is_read_and_fragments_are_joined() -> None:
     ws, _ = socket_for(frame("40{}") + frame("42[", fin=False) + frame('"a"', CONTINUATION, fin=False)
                        + frame("]", CONTINUATION))
@@ -120,12 +106,13 @@ def test_refused_frames_close_with_their_code(data: bytes, code: int) -> None:
 
 
 def test_a_frame_over_the_limit_is_refused_before_its_payload_is_read() -> None:
-    stream = io.BufferedReader(io.BytesIO(frame("", length=LIMIT + 1) + b"x" * 100_000))
+    declared = 8 * READ_CHUNK
+    stream = io.BufferedReader(io.BytesIO(frame(b"x" * declared)))
     peer = Peer()
     ws = WebSocket({}, peer, stream, InboundLimits.for_messages_of(LIMIT))
     assert ws.receive() is None
     assert peer.close_code() == 1009
-    assert stream.tell() <= 16  # the header, nothing of the payload
+    assert stream.tell() <= READ_CHUNK  # one read: the payload is not waited for
 
 
 def test_the_check_refuses_a_message_with_policy_violation() -> None:
@@ -245,3 +232,118 @@ def test_a_websocket_whose_client_left_counts_it_once_and_sends_nothing_more() -
     assert ws.closed
     assert REGISTRY.get_sample_value("gateway_send_failures_total", {"reason": "client_gone"}) == before + 1
     ours.close()
+
+
+# Reading from the hub: no greenlet waits for an idle client, on a real socket pair under gevent.
+
+
+class Recorder:
+    """A receiver that keeps what it is handed; ``stop_at`` is a message after which it reads no more."""
+
+    def __init__(self, stop_at: str | None = None) -> None:
+        self.messages: list[str] = []
+        self.ends = 0
+        self.stop_at = stop_at
+
+    def received(self, message: str) -> bool:
+        self.messages.append(message)
+        return message != self.stop_at
+
+    def ended(self) -> None:
+        self.ends += 1
+
+
+def wait_until(condition: Any, what: str) -> None:
+    with gevent.Timeout(10, AssertionError(what)):
+        while not condition():
+            gevent.sleep(0.005)
+
+
+def started(pipelined: bytes = b"", stop_at: str | None = None) -> tuple[WebSocket, Recorder, Any]:
+    """A WebSocket read from the hub over a socket pair: (it, its receiver, the client's end)."""
+    ours, theirs = gevent.socket.socketpair()
+    rfile = io.BufferedReader(io.BytesIO(pipelined))
+    ws = WebSocket({"PATH_INFO": "/socket.io/"}, ours, rfile, InboundLimits.for_messages_of(LIMIT))
+    receiver = Recorder(stop_at)
+    ws.start(receiver)
+    return ws, receiver, theirs
+
+
+def live_greenlets() -> int:
+    """Greenlets parked anywhere in the gateway's WebSocket."""
+
+    def reading(frame: Any) -> bool:
+        while frame is not None:
+            if frame.f_code.co_filename == websocket.__file__:
+                return True
+            frame = frame.f_back
+        return False
+
+    return sum(1 for item in gc.get_objects() if isinstance(item, greenlet) and reading(item.gr_frame))
+
+
+def test_an_idle_websocket_read_from_the_hub_holds_no_greenlet() -> None:
+    before = live_greenlets()
+    pairs = [started() for _ in range(50)]
+    gevent.sleep(0.05)
+    assert live_greenlets() == before, "no greenlet is left waiting for a client that sends nothing"
+    for _, _, theirs in pairs:
+        theirs.sendall(frame("40{}"))
+    wait_until(lambda: all(receiver.messages == ["40{}"] for _, receiver, _ in pairs), "every message handed on")
+    assert live_greenlets() == before, "each burst's greenlet ended with it"
+    for _, _, theirs in pairs:
+        theirs.close()
+    wait_until(lambda: all(receiver.ends == 1 for _, receiver, _ in pairs), "every end seen")
+    assert all(ws.closed for ws, _, _ in pairs)
+
+
+def test_messages_in_pieces_and_bytes_sent_with_the_upgrade_reach_the_receiver_in_order() -> None:
+    data = frame("42[", fin=False) + frame(b"hi", PING) + frame("]", CONTINUATION) + frame("3")
+    ws, receiver, theirs = started(pipelined=frame("40{}") + data[:3])
+    for at in range(3, len(data), 5):
+        theirs.sendall(data[at:at + 5])
+        gevent.sleep(0.001)
+    wait_until(lambda: len(receiver.messages) == 3, "three messages")
+    assert receiver.messages == ["40{}", "42[]", "3"]
+    theirs.settimeout(5)
+    assert theirs.recv(100) == bytes([0x80 | PONG, 2]) + b"hi"
+    theirs.close()
+    wait_until(lambda: receiver.ends == 1, "the end seen")
+
+
+def test_a_refused_frame_closes_with_its_code_and_ends_the_reading_once() -> None:
+    ws, receiver, theirs = started()
+    theirs.sendall(frame(b"\x00", BINARY))
+    wait_until(lambda: receiver.ends == 1, "the reading ended")
+    theirs.settimeout(5)
+    assert theirs.recv(100)[:4] == bytes([0x80 | CLOSE, 2]) + struct.pack("!H", 1003)
+    assert receiver.messages == [] and ws.closed
+
+
+def test_a_receiver_that_stops_ends_the_reading_and_the_socket_closes() -> None:
+    ws, receiver, theirs = started(stop_at="1")
+    theirs.sendall(frame("1") + frame("2"))
+    wait_until(lambda: receiver.ends == 1, "the reading ended")
+    assert receiver.messages == ["1"]
+    theirs.settimeout(5)
+    assert theirs.recv(100) == b"", "the gateway closed its end"
+
+
+def test_a_close_from_the_gateway_waits_for_the_clients_answer_or_for_its_time(monkeypatch: Any) -> None:
+    answered, receiver, theirs = started()
+    answered.close(1001)
+    theirs.sendall(frame("42[]") + frame(struct.pack("!H", 1001), CLOSE))
+    wait_until(lambda: receiver.ends == 1, "the client's close frame ended the reading")
+    assert receiver.messages == [], "what came after the gateway's close frame is dropped"
+    monkeypatch.setattr("gateway.websocket.CLOSE_WAIT_SECONDS", 0.05)
+    silent, receiver, theirs = started()
+    silent.close(1001)
+    wait_until(lambda: receiver.ends == 1, "a silent client is not waited for")
+    theirs.close()
+
+
+def test_a_cut_websocket_ends_its_reading_at_once() -> None:
+    ws, receiver, theirs = started()
+    ws.abort()
+    wait_until(lambda: receiver.ends == 1, "the reading ended")
+    theirs.close()
