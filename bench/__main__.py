@@ -59,8 +59,8 @@ def _knob(name: str, kind: click.ParamType[Any], text: str) -> Callable[[FC], FC
 @click.option("--systems", default=None,
               help="Comma list of NAME:WORKERS, NAME one of gateway, baseline, node "
                    "[default: gateway:1,gateway:2,baseline:1,baseline:2,node:1,node:2].")
-@_knob("--clients", click.IntRange(1, 19_000), "Connections scenario: clients.")
-@_knob("--users", click.IntRange(1, 19_000), "Latency and rate scenarios: users.")
+@_knob("--clients", click.IntRange(1, 100_000), "Connections scenario: clients (over 25,000: several load generators).")
+@_knob("--users", click.IntRange(1, 100_000), "Latency and rate scenarios: users.")
 @_knob("--latency-rate", click.IntRange(1), "Latency scenario: updates/s.")
 @_knob("--latency-seconds", click.FloatRange(0.5), "Latency scenario: seconds.")
 @click.option("--rates", default=None, help="Rate steps, updates/s [default: 2000,3000,4500,...,34000].")

@@ -58,6 +58,9 @@ TOKEN_SECONDS = 6 * 3600
 POLL_SECONDS = 0.05
 #: Seconds a closing client waits for the server's close frame.
 CLOSE_SECONDS = 2.0
+#: Connections one load-generator process opens at most: each has a loopback source address of its own, and
+#: one address has about 28,000 ephemeral ports towards one server port.
+CLIENTS_PER_SOURCE = 25_000
 
 
 class ProtocolError(Exception):
@@ -174,6 +177,7 @@ class Client:
         ws = await connect(
             self.fleet.url, compression=None, ping_interval=None, proxy=None, user_agent_header=None,
             open_timeout=HANDSHAKE_SECONDS, close_timeout=CLOSE_SECONDS, max_size=2**20,
+            local_addr=(self.fleet.source, 0),
         )
         try:
             await self._handshake(ws)
@@ -221,8 +225,10 @@ class Client:
 class Fleet:
     """Every client of one load-generator process, and what they received."""
 
-    def __init__(self, http_url: str, secret: str, topic: str, users: Sequence[str]) -> None:
+    def __init__(self, http_url: str, secret: str, topic: str, users: Sequence[str], source: str) -> None:
         self.url = socketio_url(http_url)
+        #: the loopback address this process's connections come from
+        self.source = source
         self.secret = secret
         self.topic = topic
         self.users = list(users)
@@ -343,15 +349,17 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(conn: Connection, http_url: str, secret: str, topic: str, users: list[str], log_level: str) -> None:
-    """A load-generator process: its clients, steered over ``conn``."""
+def main(
+    conn: Connection, http_url: str, secret: str, topic: str, users: list[str], log_level: str, source: str
+) -> None:
+    """A load-generator process: its clients, from loopback address ``source``, steered over ``conn``."""
     configure_child(log_level)
     raise_file_limit()
-    asyncio.run(_serve(conn, http_url, secret, topic, users))
+    asyncio.run(_serve(conn, http_url, secret, topic, users, source))
 
 
-async def _serve(conn: Connection, http_url: str, secret: str, topic: str, users: list[str]) -> None:
-    fleet = Fleet(http_url, secret, topic, users)
+async def _serve(conn: Connection, http_url: str, secret: str, topic: str, users: list[str], source: str) -> None:
+    fleet = Fleet(http_url, secret, topic, users, source)
     handlers: dict[str, AsyncHandler] = {
         "connect": fleet.connect, "await_connected": fleet.await_connected, "reset": fleet.reset,
         "drain": fleet.drain, "status": fleet.status_command, "close": fleet.close,
@@ -377,9 +385,10 @@ class LoadGen:
     def __init__(
         self, http_url: str, secret: str, topic: str, users: Sequence[str], processes: int, log_level: str
     ) -> None:
+        processes = max(processes, -(-len(users) // CLIENTS_PER_SOURCE))
         shards = [list(users[i::processes]) for i in range(processes)]
         self.children = [
-            Child(f"loadgen-{i}", main, http_url, secret, topic, shard, log_level)
+            Child(f"loadgen-{i}", main, http_url, secret, topic, shard, log_level, f"127.0.0.{i + 1}")
             for i, shard in enumerate(shards) if shard
         ]
         self.shard_users = [set(shard) for shard in shards if shard]

@@ -24,7 +24,17 @@ from bench.hostile import Flooded, HostileClient
 from bench.loadgen import LoadGen
 from bench.publish import NICENESS, START_DELAY, TOPIC, PublisherPool, Sent
 from bench.stats import Tally, tally
-from bench.systems import CpuMeter, SystemSpec, Usage, check_installed, new_server, open_sockets, rss_kb, stop_server
+from bench.systems import (
+    CpuMeter,
+    SystemSpec,
+    Usage,
+    allow_open_files,
+    check_installed,
+    new_server,
+    open_sockets,
+    rss_kb,
+    stop_server,
+)
 from harness.processes import GatewayProcess, RedisServer, unclean_lines
 
 log = logging.getLogger(__name__)
@@ -41,6 +51,10 @@ PUBLISHER_GAIN = 1.1
 BUSY_MACHINE = 25.0
 #: Seconds the server may take to handle every disconnect once all clients closed.
 DROP_SECONDS = 180.0
+#: Open files each process may have beyond one per client (logs, pipes, Redis, the bench's own).
+OPEN_FILES_HEADROOM = 500
+#: Clients per second the connections scenario waits for at the least, beyond ``Plan.connect_seconds``.
+CONNECTS_PER_SECOND = 100
 #: Seconds the hostile client floods at most beyond its window, should nobody end it.
 FLOOD_MARGIN = 60.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -183,6 +197,7 @@ class Site:
 def run(plan: Plan, logs: Path = RESULTS) -> list[SystemResult]:
     """Every system of ``plan``, one after the other, against one private Redis; server logs go to ``logs``."""
     check_installed(plan.systems)
+    allow_open_files(max(plan.clients, plan.users) + OPEN_FILES_HEADROOM)
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         site = Site(Path(tmp), secrets.token_hex(32), logs)
@@ -200,7 +215,7 @@ def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, site: Site) -
     stops: dict[str, float] = {}
     connections = measure_connections(spec, redis, plan, site, stops)
     users = [f"u{i}" for i in range(plan.users)]
-    with serving(spec, redis, site, "delivery", stops) as server, ExitStack() as stack:
+    with serving(spec, redis, site, "delivery", stops, plan.users) as server, ExitStack() as stack:
         loadgen = stack.enter_context(
             LoadGen(server.url, site.secret, TOPIC, users, plan.loadgen_processes, plan.log_level)
         )
@@ -226,7 +241,7 @@ def bench_system(spec: SystemSpec, redis: RedisServer, plan: Plan, site: Site) -
 
 @contextmanager
 def serving(
-    spec: SystemSpec, redis: RedisServer, site: Site, name: str, stops: dict[str, float]
+    spec: SystemSpec, redis: RedisServer, site: Site, name: str, stops: dict[str, float], clients: int
 ) -> Iterator[GatewayProcess]:
     """A started server of ``spec``, stopped on the way out; its log kept in ``site.logs``.
 
@@ -234,7 +249,7 @@ def serving(
     """
     log_path = site.logs / f"{spec.name}-{spec.workers}-{name}.log"
     log_path.unlink(missing_ok=True)
-    server = new_server(spec, redis.url, site.folder, site.secret, log_path)
+    server = new_server(spec, redis.url, site.folder, site.secret, log_path, clients)
     try:
         server.start()
         log.info("%s: serving on %s, workers %s", spec.label, server.url, server.worker_pids())
@@ -256,10 +271,10 @@ def measure_connections(
     server has handled every disconnect and closed its end of each socket.
     """
     users = [f"c{i}" for i in range(plan.clients)]
-    with serving(spec, redis, site, "connections", stops) as server:
+    with serving(spec, redis, site, "connections", stops, plan.clients) as server:
         with LoadGen(server.url, site.secret, TOPIC, users, plan.loadgen_processes, plan.log_level) as loadgen:
             before = rss_kb(server.worker_pids())
-            status = loadgen.connect(plan.connect_seconds)
+            status = loadgen.connect(max(plan.connect_seconds, plan.clients / CONNECTS_PER_SECOND))
             after = rss_kb(server.worker_pids())
             closing = time.monotonic()
         port = int(server.config.bind.rpartition(":")[2])

@@ -16,12 +16,14 @@ built by the tests' :func:`gateway_env`. Memory is read from
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.child import BenchError
 from bench.nodejs import node_command
 from harness.processes import REPO, GatewayProcess, gateway_env, wait_for
 
@@ -97,18 +99,52 @@ class NodeProcess(BaselineProcess):
         return self.log().count(self.LISTENING) >= self.config.workers
 
 
-def new_server(spec: SystemSpec, redis_url: str, folder: Path, secret: str, log_path: Path) -> GatewayProcess:
-    """A server of ``spec``, not yet started, on a free loopback port with a key prefix of its own."""
+#: Connections one gunicorn worker accepts as configured (``worker_connections`` in gunicorn.conf.py and the
+#: baseline's), and the places kept above the clients for health probes and the bench's own requests.
+WORKER_CONNECTIONS = 20_000
+CONNECTION_HEADROOM = 1_000
+
+
+def new_server(
+    spec: SystemSpec, redis_url: str, folder: Path, secret: str, log_path: Path, clients: int = 0
+) -> GatewayProcess:
+    """A server of ``spec``, not yet started, on a free loopback port with a key prefix of its own.
+
+    A gunicorn server (the gateway, the baseline) accepts ``clients`` on one
+    worker: when that is more than its configuration's worker connections,
+    gunicorn is told more.
+    """
     home = folder / f"home-{uuid.uuid4().hex[:8]}"
     home.mkdir(parents=True)
+    more = {}
+    if clients + CONNECTION_HEADROOM > WORKER_CONNECTIONS:
+        more["GUNICORN_CMD_ARGS"] = f"--worker-connections {clients + CONNECTION_HEADROOM}"
     env = gateway_env(
         redis_url, f"bench{uuid.uuid4().hex[:8]}", home,
-        GATEWAY_WORKERS=str(spec.workers), GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="INFO",
+        GATEWAY_WORKERS=str(spec.workers), GATEWAY_JWT_SECRET=secret, GATEWAY_LOG_LEVEL="INFO", **more,
     )
     kinds: dict[str, type[GatewayProcess]] = {
         "gateway": GatewayProcess, "baseline": BaselineProcess, "node": NodeProcess,
     }
     return kinds[spec.name](env, log_path)
+
+
+def allow_open_files(count: int) -> None:
+    """Let this process, and the servers and clients it starts, open ``count`` files each.
+
+    The soft limit is raised, and the hard one too where the process may
+    (root); otherwise the run stops here, naming the limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if count <= soft:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, max(count, hard)))
+    except (ValueError, PermissionError) as exc:
+        raise BenchError(
+            f"{count} open files needed and the hard limit is {hard} ({exc}): raise it (ulimit -Hn) or ask for "
+            "fewer --clients"
+        ) from None
 
 
 def check_installed(specs: tuple[SystemSpec, ...]) -> None:
