@@ -1,6 +1,7 @@
 """A gevent process holding one gateway Listener on a real Redis, driven line by line from stdin.
 
-``python -m tests.integration.listener_child REDIS_URL PREFIX``. Commands:
+``python -m tests.integration.listener_child REDIS_URL PREFIX [HEALTH_SECONDS]``
+(the health-check interval, shortened for a test). Commands:
 ``watch USER``, ``unwatch USER``, ``stop``. Every event is one JSON line on
 stdout: ``{"connect": again}``, ``{"message": text}``, ``{"watched": user}``,
 ``{"error": text}``, ``{"stopped": true}``. Used by test_listener.py, which
@@ -19,6 +20,7 @@ import redis  # noqa: E402
 from gevent.fileobject import FileObjectThread  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
+from gateway import listener as listener_module  # noqa: E402
 from gateway import protocol  # noqa: E402
 from gateway.listener import Listener  # noqa: E402
 
@@ -46,6 +48,9 @@ def listen(listener: Listener, recorder: Recorder) -> None:
 
 def main() -> None:
     url, prefix = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:
+        listener_module.HEALTH_CHECK_INTERVAL = float(sys.argv[3])
+        listener_module.DEAD_SECONDS = 3 * float(sys.argv[3])
     listener = Listener(lambda: redis.Redis.from_url(url, socket_timeout=5), "flask-socketio",
                         lambda user: protocol.user_channel(prefix, user))
     running = gevent.spawn(listen, listener, Recorder())

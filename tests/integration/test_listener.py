@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -19,13 +20,13 @@ from typing import Any
 import pytest
 
 from gateway import protocol
-from tests.integration.support import REPO, RedisServer
+from tests.integration.support import REPO, RedisServer, wait_for
 
 
 class Child:
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.listener_child", url, prefix],
+            [sys.executable, "-m", "tests.integration.listener_child", url, prefix, *options],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -76,7 +77,7 @@ def child(own_redis: RedisServer) -> Iterator[Child]:
 
 
 def prefix_of(child: Child) -> str:
-    return str(child.process.args[-1])  # type: ignore[index]
+    return str(child.process.args[4])  # type: ignore[index]
 
 
 def test_a_watched_users_updates_arrive_once_redis_confirmed_the_channel(child: Child, own_redis: RedisServer) -> None:
@@ -141,3 +142,52 @@ def test_stop_ends_the_listener(child: Child) -> None:
     child.send("stop")
     assert child.next() == {"stopped": True}
     assert child.process.wait(10) == 0
+
+
+HEALTH_SECONDS = 0.3
+
+
+@pytest.fixture
+def quick_health(own_redis: RedisServer) -> Iterator[Child]:
+    """A listener that checks its connection's health every ``HEALTH_SECONDS``."""
+    running = Child(own_redis.url, f"l{uuid.uuid4().hex[:8]}", str(HEALTH_SECONDS))
+    yield running
+    running.stop()
+
+
+def test_an_idle_connection_is_kept_alive_by_its_health_checks(quick_health: Child, own_redis: RedisServer) -> None:
+    assert quick_health.next() == {"connect": False}
+    quick_health.send("watch 4")
+    quick_health.next()
+    redis = own_redis.client()
+    pings = lambda: int(redis.info("commandstats").get("cmdstat_ping", {}).get("calls", 0))  # noqa: E731
+    before = pings()
+    wait_for(lambda: pings() >= before + 4, 10 * HEALTH_SECONDS * 4, "health-check PINGs from the listener")
+    redis.publish(protocol.user_channel(prefix_of(quick_health), "4"), "still here")
+    assert quick_health.next() == {"message": "still here"}, "answered PINGs: the connection was never given up"
+
+
+def test_a_redis_that_stops_answering_is_left_and_found_again(quick_health: Child, own_redis: RedisServer) -> None:
+    assert quick_health.next() == {"connect": False}
+    quick_health.send("watch 4")
+    quick_health.next()
+    assert own_redis.process is not None
+    first = _connections(quick_health.process.pid, own_redis.port)
+    assert len(first) == 1
+    own_redis.process.send_signal(signal.SIGSTOP)  # the connection stays open, and nothing comes on it
+    try:
+        wait_for(lambda: _connections(quick_health.process.pid, own_redis.port) - first, 20,
+                 "the listener left the silent connection for another")
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    assert quick_health.until({"connect": True}, 30)[-1] == {"connect": True}
+    redis = own_redis.client()
+    redis.publish(protocol.user_channel(prefix_of(quick_health), "4"), "found again")
+    assert quick_health.next() == {"message": "found again"}
+
+
+def _connections(pid: int, port: int) -> set[str]:
+    """The local ports of process ``pid``'s TCP connections to Redis's ``port``."""
+    text = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{port} )"], capture_output=True,
+                          text=True, check=True).stdout
+    return {line.split()[2].rpartition(":")[2] for line in text.splitlines() if f"pid={pid}," in line}

@@ -27,6 +27,8 @@ from engineio.async_drivers import gevent as eio_gevent
 from geventwebsocket.handler import WebSocketHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis._parsers import _HiredisParser
+from redis._parsers.socket import SocketBuffer
 from socketio import packet as sio_packet
 
 from gateway import protocol
@@ -319,3 +321,47 @@ def test_socketio_keeps_each_sessions_environ_by_item_assignment() -> None:
     SlimEnvirons.__setitem__ sees each) and deleting it as the session ends."""
     assert "self.environ[eio_sid] = environ" in inspect.getsource(socketio.Server._handle_eio_connect)
     assert "del self.environ[eio_sid]" in inspect.getsource(socketio.Server._handle_eio_disconnect)
+
+
+# gateway.listener.PubSubReader reads the pub/sub connection's socket itself; redis-py sends the commands.
+
+
+class _SendOnly:
+    """A connection that records what is sent and fails any read."""
+
+    db, host, port = 0, "127.0.0.1", 1
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def should_reconnect(self) -> bool:
+        return False
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.sent.append(args)
+
+    def can_read(self, *args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("redis-py read from a connection the gateway reads")
+
+    read_response = can_read
+
+
+def test_redis_pubsub_sends_subscribe_unsubscribe_and_ping_without_reading_once_subscribed() -> None:
+    pubsub = redis.Redis(host="127.0.0.1", port=1).pubsub()
+    connection = _SendOnly()
+    connection.retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)  # type: ignore[attr-defined]
+    pubsub.connection = connection
+    pubsub.subscribe("queue")
+    assert pubsub.subscribed, "subscribe marks the pub/sub subscribed itself, with no reply read"
+    pubsub.subscribe("u:1")
+    pubsub.unsubscribe("u:1")
+    pubsub.ping()
+    assert connection.sent == [("SUBSCRIBE", "queue"), ("SUBSCRIBE", "u:1"), ("UNSUBSCRIBE", "u:1"), ("PING",)]
+
+
+def test_redis_connection_parts_the_pubsub_reader_reads() -> None:
+    connection = redis.Connection(host="127.0.0.1", port=1, socket_timeout=5.0)
+    assert connection._sock is None and connection.socket_timeout == 5.0
+    parser = connection._parser
+    assert not isinstance(parser, _HiredisParser), "hiredis would hold what it read where the gateway cannot see"
+    assert callable(getattr(SocketBuffer, "unread_bytes", None))
