@@ -8,6 +8,7 @@ Without it (a single process, tests of one app) the default registry serves.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import Counter as Counts
 from collections.abc import Callable, Iterator
@@ -110,9 +111,24 @@ class FanoutTally:
             for topic, count in counts.items():
                 counter.labels(topic=topic).inc(count)
             counts.clear()
-        for seconds in self.latencies:
-            PUBLISH_TO_SEND.observe(seconds)
+        observe_all(PUBLISH_TO_SEND, self.latencies)
         self.latencies.clear()
+
+
+def observe_all(histogram: Histogram, amounts: list[float]) -> None:
+    """``histogram.observe`` of every one of ``amounts``, written in one go.
+
+    One increment of each bucket that got any, and one of the sum, where
+    ``observe`` writes two memory-mapped values per amount. It reaches
+    prometheus_client's ``_upper_bounds``, ``_buckets`` and ``_sum``, which
+    the library contract test checks against ``observe``.
+    """
+    if not amounts:
+        return
+    bounds = histogram._upper_bounds
+    for index, count in Counts(bisect.bisect_left(bounds, amount) for amount in amounts).items():
+        histogram._buckets[index].inc(count)
+    histogram._sum.inc(sum(amounts))
 
 
 class PublishedCollector(Collector):

@@ -27,6 +27,7 @@ from engineio.async_drivers import gevent as eio_gevent
 from geventwebsocket.handler import WebSocketHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 from redis._parsers import _HiredisParser
 from redis._parsers.socket import SocketBuffer
 from socketio import packet as sio_packet
@@ -34,6 +35,7 @@ from socketio import packet as sio_packet
 from gateway import protocol
 from gateway.listener import Listener
 from gateway.manager import ClientManager
+from gateway.metrics import observe_all
 
 
 def parameters(function: Any) -> list[str]:
@@ -365,3 +367,20 @@ def test_redis_connection_parts_the_pubsub_reader_reads() -> None:
     parser = connection._parser
     assert not isinstance(parser, _HiredisParser), "hiredis would hold what it read where the gateway cannot see"
     assert callable(getattr(SocketBuffer, "unread_bytes", None))
+
+
+def test_prometheus_histogram_observed_in_one_go_reads_as_observed_one_by_one() -> None:
+    """gateway.metrics.observe_all writes a histogram's buckets and sum itself."""
+    registry = CollectorRegistry()
+    one_by_one = Histogram("one_by_one", "", buckets=(0.001, 0.01, 0.1, 1.0), registry=registry)
+    in_one_go = Histogram("in_one_go", "", buckets=(0.001, 0.01, 0.1, 1.0), registry=registry)
+    amounts = [0.0, 0.001, 0.0011, 0.05, 0.1, 0.5, 1.0, 3.0, 1e9]
+    for amount in amounts:
+        one_by_one.observe(amount)
+    observe_all(in_one_go, amounts)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name.replace(name, ""), s.labels, s.value) for metric in registry.collect() if metric.name == name
+                for s in metric.samples if not s.name.endswith("_created")]
+
+    assert samples("in_one_go") == samples("one_by_one")
