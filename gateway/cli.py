@@ -50,6 +50,18 @@ def publish(user: str, topic: str, data: str) -> None:
 
 @cli.command()
 @click.argument("user")
+def kick(user: str) -> None:
+    """Close every live connection of USER on every worker of every instance."""
+    with Publisher(config=_config()) as publisher:
+        try:
+            told = publisher.disconnect_user(user)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="USER") from None
+    click.echo(f"user {user} kicked: {told} workers told")
+
+
+@cli.command()
+@click.argument("user")
 @click.option("--ttl", default=3600, show_default=True, help="Seconds the token stays valid.")
 def token(user: str, ttl: int) -> None:
     """Mint a token for USER with GATEWAY_JWT_SECRET (tests and demos)."""

@@ -24,7 +24,7 @@ from flask_socketio import SocketIO, join_room, leave_room, rooms
 from redis.exceptions import RedisError
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
-from gateway import metrics, protocol
+from gateway import engine, metrics, protocol
 from gateway.auth import TokenVerifier
 from gateway.errors import AuthError, BadRequest, Code
 from gateway.fanout import Fanout
@@ -134,6 +134,7 @@ class Gateway:
         return self.registry.reassert(self.held())
 
     def register(self, socketio: SocketIO) -> None:
+        self._server = socketio.server
         socketio.on_event("connect", self.connect)
         socketio.on_event("disconnect", self.disconnect)
         socketio.on_event("subscribe", self.subscribe)
@@ -177,6 +178,24 @@ class Gateway:
         if not admitted:
             raise AuthError(Code.TOO_MANY_CONNECTIONS, f"user has {self.max_connections_per_user} connections")
         return True
+
+    def kick(self, user: str) -> int:
+        """Close every connection of ``user`` on this worker; return how many (``Publisher.disconnect_user``).
+
+        Each client gets a Socket.IO DISCONNECT, which socket.io-client does
+        not answer by reconnecting, then its session is closed, whatever the
+        client does next.
+        """
+        sids = [sid for sid, connection in list(self.connections.items()) if connection.user == user]
+        for sid in sids:
+            eio_sid = self._server.manager.eio_sid_from_sid(sid, protocol.NAMESPACE)
+            self._server.disconnect(sid, namespace=protocol.NAMESPACE, ignore_queue=True)
+            if eio_sid is not None:
+                engine.close_session(self._server, eio_sid)
+        if sids:
+            metrics.KICKED.inc(len(sids))
+            log.info("user kicked: %d connections closed", len(sids), extra={"user": user})
+        return len(sids)
 
     def disconnect(self, reason: object = None) -> None:
         sid = current_sid()

@@ -1,7 +1,8 @@
 """One worker's Redis pub/sub connection: the channels it needs, confirmed, and kept through Redis failures.
 
 :class:`Listener` imports no Socket.IO. It listens to Flask-SocketIO's queue
-channel and to the channel of every user whose connections this worker holds
+channel, the gateway's control channel (kicks), and the channel of every
+user whose connections this worker holds
 (:meth:`Listener.watch`), and yields each message (:meth:`Listener.messages`),
 telling a :class:`Sink` of each connection:
 
@@ -127,11 +128,14 @@ class PubSubReader:
 
 
 class Listener:
-    """The pub/sub connection of one worker, for the queue ``channel`` and the users it watches."""
+    """The pub/sub connection of one worker, for its fixed ``channels`` (the queue's, control) and the users it
+    watches."""
 
-    def __init__(self, redis_factory: Callable[[], redis.Redis], channel: str, user_channel: Callable[[str], str]):
+    def __init__(
+        self, redis_factory: Callable[[], redis.Redis], channels: tuple[str, ...], user_channel: Callable[[str], str]
+    ) -> None:
         self._redis_factory = redis_factory
-        self.channel = channel
+        self.channels = channels
         self._user_channel = user_channel
         self._stopping = threading.Event()
         self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
@@ -235,12 +239,12 @@ class Listener:
         """
         self.pubsub = self._redis_factory().pubsub()
         channels = [self._user_channel(user) for user in self._watchers]
-        self.pubsub.subscribe(self.channel)
+        self.pubsub.subscribe(*self.channels)
         for start in range(0, len(channels), SUBSCRIBE_BATCH):
             self.pubsub.subscribe(*channels[start:start + SUBSCRIBE_BATCH])
         self._reader = PubSubReader(self.pubsub)
         early: list[Any] = []
-        waiting = 1 + len(channels)
+        waiting = len(self.channels) + len(channels)
         deadline = time.monotonic() + CONFIRM_SECONDS
         while waiting and time.monotonic() < deadline:
             for reply in self._reader.read(0.1):

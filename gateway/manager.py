@@ -23,7 +23,7 @@ room methods:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -37,6 +37,7 @@ from gateway.listener import Listener
 log = logging.getLogger(__name__)
 
 _UPDATE_MARK = protocol.UPDATE_MARK.encode()
+_KICK_MARK = protocol.KICK_MARK.encode()
 
 
 class QueueFilter:
@@ -132,6 +133,8 @@ class ClientManager(socketio.PubSubManager):  # type: ignore[misc]
     name = "gateway"
     #: where updates and emits to users go; it sends into this manager's rooms, and is set once built
     fanout: Fanout
+    #: told of every kick (``Publisher.disconnect_user``) with its user; must not block the listener
+    on_kick: Callable[[str], None] = staticmethod(lambda _user: None)
 
     def __init__(
         self,
@@ -160,12 +163,25 @@ class ClientManager(socketio.PubSubManager):  # type: ignore[misc]
             if data.startswith(_UPDATE_MARK):
                 self.fanout.on_update(data)
                 continue
+            if data.startswith(_KICK_MARK):
+                self._kick(data)
+                continue
             message = self._queue_message(data)
             if message is not None:
                 yield message
         # python-socketio calls _listen for as long as the task lives and logs an error when it returns:
         # a stopped listener ends the task the way gevent ends a greenlet it kills.
         raise gevent.GreenletExit
+
+    def _kick(self, data: bytes) -> None:
+        user = protocol.parse_kick(data)
+        if user is None:
+            log.warning("fan-out skipped a malformed kick message (%d bytes)", len(data))
+            return
+        try:
+            self.on_kick(user)
+        except Exception:
+            log.exception("a kick of user %s failed", user)
 
     def _queue_message(self, data: bytes) -> dict[str, Any] | None:
         """A queue message for python-socketio's handlers, or None when it was refused or handled here."""

@@ -73,6 +73,31 @@ def user_channel(prefix: str, user: str) -> str:
     return f"{prefix}:u:{user}"
 
 
+def control_channel(prefix: str) -> str:
+    """The Redis channel every worker of every instance listens to for control messages (a kick)."""
+    return f"{prefix}:control"
+
+
+#: The head of a control message that closes every connection of one user: ``k1 <user>``.
+KICK_MARK = "k1 "
+
+
+def kick_message(user: str | int) -> str:
+    """The control message that closes every live connection of ``user``."""
+    return KICK_MARK + user_id(user)
+
+
+def parse_kick(message: bytes) -> str | None:
+    """The user a kick message names, or None when it is not one."""
+    if not message.startswith(KICK_MARK.encode()):
+        return None
+    try:
+        user = message[len(KICK_MARK):].decode()
+    except UnicodeDecodeError:
+        return None
+    return user if USER_ID_RE.fullmatch(user) else None
+
+
 @dataclass(frozen=True)
 class SubscribeRequest:
     """A validated ``subscribe``: known topics in order, the rest rejected."""

@@ -59,6 +59,19 @@ class Publisher:
         except RedisError as exc:
             raise PublishError(f"update {topic} for user {args[1]} not published: {exc}") from exc
 
+    def disconnect_user(self, user_id: str | int) -> int:
+        """Close every live connection of ``user_id`` on every worker of every instance; return the workers told.
+
+        Each worker closes the user's connections on hearing it, within a
+        second (contract §4). A token of the user still lets it connect
+        again; the client does not reconnect on its own after a kick.
+        """
+        message = protocol.kick_message(user_id)
+        try:
+            return int(self.redis.publish(protocol.control_channel(self.config.key_prefix), message))
+        except RedisError as exc:
+            raise PublishError(f"user {protocol.user_id(user_id)} not kicked: {exc}") from exc
+
     def publish_many(self, updates: Iterable[tuple[str | int, str, object]]) -> list[int]:
         """Publish ``(user_id, topic, data)`` updates in one round trip; return their seqs, in order.
 

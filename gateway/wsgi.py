@@ -58,6 +58,8 @@ def create_app(config: Config | None = None) -> Flask:
     engine.send_directly(socketio.server)
     engine.keep_slim_environs(socketio.server)
     gateway.register(socketio)
+    # A kick closes connections, which waits on Redis: in a greenlet of its own, never in the listener's.
+    manager.on_kick = partial(socketio.start_background_task, gateway.kick)
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()
     checks = [health.redis_answers(client.ping), _listener_check(listener), _lease_check(heartbeat)]
@@ -77,7 +79,8 @@ def _fanout(config: Config, client: redis.Redis, history: History) -> tuple[List
     # connection must reach the listener, which then replays what it missed.
     listener = Listener(
         partial(connect, config.redis_url, name="gateway-fanout", command_timeout=None, retries=0),
-        protocol.QUEUE_CHANNEL, partial(protocol.user_channel, config.key_prefix),
+        (protocol.QUEUE_CHANNEL, protocol.control_channel(config.key_prefix)),
+        partial(protocol.user_channel, config.key_prefix),
     )
     manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods, config.topics))
     connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)

@@ -51,7 +51,7 @@ def main() -> None:
     if len(sys.argv) > 3:
         listener_module.HEALTH_CHECK_INTERVAL = float(sys.argv[3])
         listener_module.DEAD_SECONDS = 3 * float(sys.argv[3])
-    listener = Listener(lambda: redis.Redis.from_url(url, socket_timeout=5), "flask-socketio",
+    listener = Listener(lambda: redis.Redis.from_url(url, socket_timeout=5), ("flask-socketio",),
                         lambda user: protocol.user_channel(prefix, user))
     running = gevent.spawn(listen, listener, Recorder())
     for line in FileObjectThread(sys.stdin):

@@ -23,6 +23,7 @@ from tests.integration.support import (
     REPO,
     Client,
     GatewayProcess,
+    metric,
     unclean_lines,
     unique_user,
     wait_for,
@@ -306,3 +307,57 @@ def test_long_polling_is_refused_with_several_workers(gateway: GatewayProcess) -
 def test_gunicorn_opens_no_control_socket_under_home(gateway: GatewayProcess) -> None:
     home = Path(gateway.env["HOME"])
     assert home.is_dir() and not (home / ".gunicorn").exists()
+
+
+# A kick (Publisher.disconnect_user, gateway kick): every connection of one user, on every worker of every instance.
+
+
+def server_disconnects(client: Client) -> list[str]:
+    """The reasons python-socketio gives for each disconnect of ``client``, recorded from now on."""
+    reasons: list[str] = []
+    client.sio.on("disconnect", lambda reason=None: reasons.append(str(reason)))
+    return reasons
+
+
+def test_a_kick_closes_every_connection_of_its_user_on_every_worker_of_every_instance(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    first, second = (start_gateway(GATEWAY_MAX_CONNECTIONS_PER_USER="100") for _ in range(2))
+    user, bystander_user = unique_user(), unique_user()
+    clients: list[Client] = []
+    while len(registry_workers(first)) < 4:  # the kernel picks the worker: connect until all four hold one
+        assert len(clients) < 80, "the connections never reached every worker"
+        for instance in (first, second):
+            clients.append(instance.client(user).connect())
+            clients[-1].subscribe("balance")
+    reasons = [server_disconnects(client) for client in clients]
+    bystander = first.client(bystander_user).connect()
+    bystander.subscribe("balance")
+    with Publisher(config=first.config) as publisher:
+        assert publisher.disconnect_user(user) == 4, "every worker of both instances heard the kick"
+        wait_for(lambda: not any(client.sio.connected for client in clients), 10, "every connection of the user closed")
+        assert all(seen == [socketio.Client.reason.SERVER_DISCONNECT] for seen in reasons), reasons
+        wait_for(lambda: not publisher.is_subscribed(user, "balance"), 10, "the kicked connections' records released")
+        publisher.publish(bystander_user, "balance", {"usd": "1"})
+        assert [update["seq"] for update in bystander.wait_events("balance", 1)] == [1], "another user is untouched"
+    kicked = sum(metric(instance, "gateway_kicked_connections_total") for instance in (first, second))
+    assert kicked == len(clients)
+    assert bystander.sio.connected
+    bystander.close()
+    assert unclean_lines(first.log()) == [] and unclean_lines(second.log()) == []
+
+
+def test_gateway_kick_from_the_command_line(gateway: GatewayProcess) -> None:
+    user = unique_user()
+    client = gateway.client(user).connect()
+    reasons = server_disconnects(client)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **gateway.env}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "kick", user], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"user {user} kicked: 2 workers told"
+    wait_for(lambda: not client.sio.connected, 10, "the connection closed")
+    assert reasons == [socketio.Client.reason.SERVER_DISCONNECT]
+    refused = subprocess.run([sys.executable, "-m", "gateway.cli", "kick", "not a user"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "USER" in refused.stderr

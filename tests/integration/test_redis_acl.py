@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from gateway.errors import PublishError
 from gateway.publisher import Publisher
 from tests.integration.support import REPO, GatewayProcess, RedisServer, unclean_lines, unique_user, wait_for
 
@@ -66,8 +67,16 @@ def test_the_gateway_and_a_publisher_work_as_the_shipped_redis_users(
             as_publisher.publish("flask-socketio", json.dumps({"method": "disconnect", "sid": "x"}))
         with pytest.raises(redis.exceptions.NoPermissionError):
             as_publisher.delete(f"{prefix}:topic:balance")
+        with pytest.raises(PublishError) as refused:  # a backend job cannot kick anyone
+            publisher.disconnect_user(user)
+        assert isinstance(refused.value.__cause__, redis.exceptions.NoPermissionError)
         client.close()
         wait_for(lambda: not publisher.is_subscribed(user, "balance"), 5, "the gateway released the records")
+    control_url = url_of(redis_server, f"{prefix}-control", users[f"{prefix}-control"][0])
+    kicked = gateway.client(user).connect()
+    with Publisher(config=dataclasses.replace(gateway.config, redis_url=control_url)) as control:
+        assert control.disconnect_user(user) == 1
+    wait_for(lambda: not kicked.sio.connected, 10, "the control user's kick closed the connection")
     assert gateway.http("/readyz").status_code == 200
     assert unclean_lines(gateway.log()) == []
 

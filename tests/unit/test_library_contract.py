@@ -170,7 +170,7 @@ def test_socketio_manager_disconnect_is_what_the_gateway_index_does(script: list
     """manager.ClientManager keeps an index of each client's rooms and re-implements basic_disconnect from it,
     clearing what the library's own clears (rooms, callbacks, pending_connect, pending_disconnect): on any
     sequence of the room calls it overrides, both end in the same state, and rooms() agree."""
-    gateway = ClientManager("flask-socketio", Listener(redis.Redis, "flask-socketio", str), redis.Redis())
+    gateway = ClientManager("flask-socketio", Listener(redis.Redis, ("flask-socketio",), str), redis.Redis())
     assert run(gateway, script) == run(socketio.Manager(), script)
 
 

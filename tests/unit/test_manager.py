@@ -83,7 +83,7 @@ class StandInFanout:
 
 
 def a_manager(*allowed: str) -> tuple[ClientManager, StandInFanout]:
-    listener = Listener(redis.Redis, protocol.QUEUE_CHANNEL, str)
+    listener = Listener(redis.Redis, (protocol.QUEUE_CHANNEL,), str)
     manager = ClientManager(protocol.QUEUE_CHANNEL, listener, redis.Redis(), QueueFilter(allowed or ("emit",)))
     fanout = StandInFanout()
     manager.fanout = fanout  # type: ignore[assignment]
@@ -142,3 +142,16 @@ def test_an_emit_to_a_room_that_only_reads_like_a_users_is_refused(room: str) ->
     assert QueueFilter(("emit",), ("balance", "pnl")).method(emit(room=room)) is None
     assert refused("bad_room") == before + 1
     assert QueueFilter(("emit",), ("balance", "pnl")).method(emit(room="pnl_4")) == "emit"
+
+
+def test_a_kick_goes_to_its_handler_and_a_malformed_one_to_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    manager, fanout = a_manager()
+    kicked: list[str] = []
+    manager.on_kick = kicked.append  # type: ignore[method-assign]
+    manager._kick(protocol.kick_message("u4").encode())
+    manager._kick(b"k1 \xff\xfe")
+    manager._kick(b"k1 two users")
+    assert kicked == ["u4"]
+    assert [r.getMessage() for r in caplog.records] == ["fan-out skipped a malformed kick message (5 bytes)",
+                                                        "fan-out skipped a malformed kick message (12 bytes)"]
+    assert fanout.emits == [] and fanout.passed == []

@@ -317,3 +317,12 @@ def test_parse_topics_refuses_bad_names(text: str) -> None:
 def test_parse_topics_error_names_the_bad_entry() -> None:
     with pytest.raises(ValueError, match="bal_ance"):
         protocol.parse_topics("balance,bal_ance")
+
+
+def test_a_kick_message_names_one_user_and_nothing_else_passes_for_one() -> None:
+    assert protocol.kick_message(4) == "k1 4"
+    assert protocol.parse_kick(protocol.kick_message("alice@example.com").encode()) == "alice@example.com"
+    for data in (b"k1 ", b"k1 two users", b"k1 \xff", b"u1 balance 4 1.0 1\n{}", b'{"method": "emit"}'):
+        assert protocol.parse_kick(data) is None, data
+    with pytest.raises(ValueError):
+        protocol.kick_message(True)
