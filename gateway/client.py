@@ -50,6 +50,11 @@ class _InOrderEngineIOClient(engineio.Client):  # type: ignore[misc]
             kwargs["run_async"] = False
         return super()._trigger_event(event, *args, **kwargs)
 
+    def disconnect(self, abort: bool = False, reason: Any = None) -> None:
+        # A server's DISCONNECT (a kick) is handled on the reading thread, which cannot wait for itself to end.
+        reading = threading.current_thread() is getattr(self, "read_loop_task", None)
+        super().disconnect(abort=abort or reading, reason=reason)
+
 
 class OrderedClient(socketio.Client):  # type: ignore[misc]
     """A python-socketio client whose event handlers run in arrival order."""

@@ -336,6 +336,9 @@ def test_a_kick_closes_every_connection_of_its_user_on_every_worker_of_every_ins
     with Publisher(config=first.config) as publisher:
         assert publisher.disconnect_user(user) == 4, "every worker of both instances heard the kick"
         wait_for(lambda: not any(client.sio.connected for client in clients), 10, "every connection of the user closed")
+        # ... and each client took it in its stride (gateway.client.OrderedClient handles a server's DISCONNECT
+        # on its reading thread, which python-socketio would have wait for itself: a traceback, and stuck).
+        wait_for(lambda: all(client.sio.eio.state == "disconnected" for client in clients), 10, "clients at rest")
         assert all(seen == [socketio.Client.reason.SERVER_DISCONNECT] for seen in reasons), reasons
         wait_for(lambda: not publisher.is_subscribed(user, "balance"), 10, "the kicked connections' records released")
         publisher.publish(bystander_user, "balance", {"usd": "1"})
