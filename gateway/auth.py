@@ -7,6 +7,7 @@ later can name another.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -38,6 +39,19 @@ def _verification_key(config: Config) -> tuple[object, list[str]]:
     raise ConfigError("GATEWAY_JWT_PUBLIC_KEY", "must be an RSA key (RS256) or a P-256 EC key (ES256)")
 
 
+class Identity(NamedTuple):
+    """What a valid token says: its user, when it was issued (``iat``; None when it does not say), and when it
+    runs out (``exp``), in Unix seconds."""
+
+    user: str
+    issued_at: float | None
+    expires_at: float
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 class TokenVerifier:
     """Turns a token into a user id, or raises :class:`AuthError`, and nothing else.
 
@@ -54,6 +68,11 @@ class TokenVerifier:
         self._leeway = config.jwt_leeway
 
     def verify(self, token: str | None) -> str:
+        """The user of ``token``."""
+        return self.identity(token).user
+
+    def identity(self, token: str | None) -> Identity:
+        """The user of ``token``, when it was issued and when it runs out."""
         if not token:
             raise AuthError(Code.MISSING_TOKEN)
         if not token.isascii() or len(token) > MAX_TOKEN_CHARS:
@@ -75,16 +94,18 @@ class TokenVerifier:
             # ValueError and TypeError: what PyJWT lets through of a header or payload it cannot read.
             raise AuthError(Code.INVALID_TOKEN, str(exc)) from None
         try:
-            return protocol.user_id(claims["sub"])
+            user = protocol.user_id(claims["sub"])
         except ValueError as exc:
             raise AuthError(Code.INVALID_TOKEN, str(exc)) from None
+        return Identity(user, _seconds(claims.get("iat")), float(claims["exp"]))
 
 
 def mint_token(config: Config, user: str | int, ttl_seconds: int = 3600) -> str:
     """Sign a token for ``user`` with the configured HS256 secret (tests, demo, operators)."""
     if config.jwt_secret is None:
         raise ConfigError("GATEWAY_JWT_SECRET", "is needed to mint tokens (an RS256/ES256 key only verifies)")
-    claims: dict[str, object] = {"sub": protocol.user_id(user), "exp": int(time.time()) + ttl_seconds}
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": protocol.user_id(user), "iat": now, "exp": now + ttl_seconds}
     if config.jwt_audience:
         claims["aud"] = config.jwt_audience
     if config.jwt_issuer:

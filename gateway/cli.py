@@ -50,14 +50,16 @@ def publish(user: str, topic: str, data: str) -> None:
 
 @cli.command()
 @click.argument("user")
-def kick(user: str) -> None:
+@click.option("--revoke", is_flag=True, help="Also refuse, for good, every token of USER issued before now.")
+def kick(user: str, revoke: bool) -> None:
     """Close every live connection of USER on every worker of every instance."""
     with Publisher(config=_config()) as publisher:
         try:
-            told = publisher.disconnect_user(user)
+            told = publisher.revoke_tokens(user) if revoke else publisher.disconnect_user(user)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="USER") from None
-    click.echo(f"user {user} kicked: {told} workers told")
+    revoked = ", its tokens issued until now revoked" if revoke else ""
+    click.echo(f"user {user} kicked{revoked}: {told} workers told")
 
 
 @cli.command()

@@ -206,6 +206,10 @@ class Config:
         "GATEWAY_MAX_CONNECTIONS_PER_USER", _whole(0, 100_000),
         "live connections of one user across the whole deployment; 0: no limit", default=10,
     )
+    token_refresh_lead: float = setting(
+        "GATEWAY_TOKEN_REFRESH_LEAD", _seconds(0, 86400), "seconds before exp that the server sends token_expiring",
+        default=60.0,
+    )
     jwt_leeway: float = setting(
         "GATEWAY_JWT_LEEWAY", _seconds(0, 300), "seconds of clock skew allowed on exp, nbf, iat", default=5.0
     )

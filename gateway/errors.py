@@ -18,6 +18,8 @@ class Code(StrEnum):
     INVALID_TOKEN = "invalid_token"
     EXPIRED_TOKEN = "expired_token"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    REVOKED_TOKEN = "revoked_token"
+    WRONG_USER = "wrong_user"
     # error acks: the request was malformed, and nothing was done
     INVALID_PAYLOAD = "invalid_payload"
     INVALID_TOPICS = "invalid_topics"

@@ -24,8 +24,9 @@ from flask_socketio import SocketIO, join_room, leave_room, rooms
 from redis.exceptions import RedisError
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
-from gateway import engine, metrics, protocol
+from gateway import metrics, protocol
 from gateway.auth import TokenVerifier
+from gateway.control import SessionControl
 from gateway.errors import AuthError, BadRequest, Code
 from gateway.fanout import Fanout
 from gateway.history import History
@@ -85,10 +86,14 @@ class Connection:
     it back exactly once); ``counted``: it is in the user's connection count.
     """
 
-    __slots__ = ("user", "topics", "watching", "counted")
+    __slots__ = ("user", "topics", "watching", "counted", "issued_at", "expired")
 
-    def __init__(self, user: str, counted: bool) -> None:
+    def __init__(self, user: str, counted: bool, issued_at: float | None = None) -> None:
         self.user = user
+        #: its token ran out: nothing more reaches it, and it ends at exp plus the leeway
+        self.expired = False
+        #: when the connection's token was issued (its ``iat``), for revocations
+        self.issued_at = issued_at
         self.topics: set[str] = set()
         self.watching = False
         self.counted = counted
@@ -110,6 +115,9 @@ class Gateway:
         verifier: TokenVerifier,
         topics: tuple[str, ...],
         max_connections_per_user: int = 0,
+        *,
+        refresh_lead: float = 60.0,
+        leeway: float = 5.0,
     ) -> None:
         self.registry = registry
         self.history = history
@@ -119,8 +127,12 @@ class Gateway:
         self.topics = frozenset(topics)
         self.max_connections_per_user = max_connections_per_user
         self.connections: dict[str, Connection] = {}
-        self.releases = PendingReleases(registry)
+        #: kicks, the end of each connection's token, refreshes
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
+        self.control = SessionControl(
+            self.connections, registry, verifier, refresh_lead, leeway, max_connections_per_user, self._redis_fault
+        )
+        self.releases = PendingReleases(registry)
         #: set when the worker stops: its records then go all at once (Registry.drop_worker)
         self.worker_stopping = False
 
@@ -134,11 +146,12 @@ class Gateway:
         return self.registry.reassert(self.held())
 
     def register(self, socketio: SocketIO) -> None:
-        self._server = socketio.server
+        self.control.attach(socketio.server)
         socketio.on_event("connect", self.connect)
         socketio.on_event("disconnect", self.disconnect)
         socketio.on_event("subscribe", self.subscribe)
         socketio.on_event("unsubscribe", self.unsubscribe)
+        socketio.on_event("refresh", self.refresh)
 
     def connect(self, auth: object = None) -> None:
         """Accept a connection whose token names its user, or refuse it with the contract's reason.
@@ -150,8 +163,9 @@ class Gateway:
         sid = current_sid()
         try:
             token = protocol.token_from(auth, request.headers.get("Authorization"), request.args)
-            user = self.verifier.verify(token)
-            counted = self._count(sid, user)
+            identity = self.verifier.identity(token)
+            user = identity.user
+            counted = self.control.admit(sid, user, identity.issued_at)
         except AuthError as exc:
             metrics.CONNECT_REFUSED.labels(reason=exc.reason).inc()
             log.debug("connection refused: %s", exc, extra={"sid": sid})
@@ -159,46 +173,14 @@ class Gateway:
         except Exception:
             log.exception("connect handler failed", extra={"sid": sid})
             raise Unauthorized(Code.INTERNAL) from None
-        self.connections[sid] = Connection(user, counted)
+        self.connections[sid] = Connection(user, counted, identity.issued_at)
+        self.control.lifetimes.track(sid, identity.expires_at)
         metrics.CONNECTIONS.inc()
         log.debug("connected", extra={"user": user, "sid": sid})
 
-    def _count(self, sid: str, user: str) -> bool:
-        """Count the connection in its user's; raise ``too_many_connections`` at the limit.
-
-        Redis away: the connection is let in uncounted (its subscribe needs
-        Redis anyway, and counts it), rather than refusing every client.
-        """
-        try:
-            admitted = self.registry.connect(sid, user, self.max_connections_per_user)
-        except RedisError:
-            self._redis_fault.fault(user=user, sid=sid)
-            return False
-        self._redis_fault.clear()
-        if not admitted:
-            raise AuthError(Code.TOO_MANY_CONNECTIONS, f"user has {self.max_connections_per_user} connections")
-        return True
-
-    def kick(self, user: str) -> int:
-        """Close every connection of ``user`` on this worker; return how many (``Publisher.disconnect_user``).
-
-        Each client gets a Socket.IO DISCONNECT, which socket.io-client does
-        not answer by reconnecting, then its session is closed, whatever the
-        client does next.
-        """
-        sids = [sid for sid, connection in list(self.connections.items()) if connection.user == user]
-        for sid in sids:
-            eio_sid = self._server.manager.eio_sid_from_sid(sid, protocol.NAMESPACE)
-            self._server.disconnect(sid, namespace=protocol.NAMESPACE, ignore_queue=True)
-            if eio_sid is not None:
-                engine.close_session(self._server, eio_sid)
-        if sids:
-            metrics.KICKED.inc(len(sids))
-            log.info("user kicked: %d connections closed", len(sids), extra={"user": user})
-        return len(sids)
-
     def disconnect(self, reason: object = None) -> None:
         sid = current_sid()
+        self.control.lifetimes.forget(sid)
         connection = self.connections.pop(sid, None)
         if connection is None:
             return
@@ -221,7 +203,7 @@ class Gateway:
             with self.fanout.holding(sid, list(rooms.values())) as hold:
                 self._watch(connection)
                 if not connection.counted:
-                    connection.counted = self.registry.connect(sid, user)
+                    connection.counted = self.control.admit_late(sid, connection)
                 for room in rooms.values():
                     join_room(room)
                 seqs = self.registry.subscribe(sid, user, wanted.topics)
@@ -264,6 +246,15 @@ class Gateway:
             raise
 
     @answers
+    def refresh(self, payload: object = None, *_extra: object) -> Ack:
+        sid, connection = self._caller()
+        try:
+            return self.control.refresh(sid, connection, payload)
+        except RedisError:
+            self._redis_fault.fault(user=connection.user, sid=sid)
+            return UNAVAILABLE.ack()
+
+    @answers
     def unsubscribe(self, payload: object = None, *_extra: object) -> Ack:
         sid, connection = self._caller()
         user = connection.user
@@ -290,4 +281,6 @@ class Gateway:
         connection = self.connections.get(sid)
         if connection is None:
             raise BadRequest(Code.NOT_CONNECTED, "This connection is not authenticated.")
+        if connection.expired:
+            raise BadRequest(Code.EXPIRED_TOKEN, "This connection's token expired; connect again with a new one.")
         return sid, connection

@@ -57,6 +57,10 @@ PUBLISH_TO_SEND = Histogram(
     "Seconds from an update's publish (its ts) to its fan-out to the connections of a worker.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+EXPIRED = Counter(
+    "gateway_sessions_expired_total", "Connections ended because their token ran out without a refresh."
+)
+TOKEN_REFRESHES = Counter("gateway_token_refreshes_total", "Tokens refreshed on a live connection.")
 KICKED = Counter(
     "gateway_kicked_connections_total", "Connections closed by a kick of their user (Publisher.disconnect_user)."
 )

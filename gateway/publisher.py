@@ -72,6 +72,17 @@ class Publisher:
         except RedisError as exc:
             raise PublishError(f"user {protocol.user_id(user_id)} not kicked: {exc}") from exc
 
+    def revoke_tokens(self, user_id: str | int, issued_before: float | None = None) -> int:
+        """Refuse every token of ``user_id`` issued before ``issued_before`` (default: now), at CONNECT, for
+        good, and close the user's live connections everywhere (:meth:`disconnect_user`); return the workers
+        told. Kept in Redis: it holds across gateway restarts."""
+        user = protocol.user_id(user_id)
+        try:
+            self.registry.revoke(user, time.time() if issued_before is None else issued_before)
+        except RedisError as exc:
+            raise PublishError(f"tokens of user {user} not revoked: {exc}") from exc
+        return self.disconnect_user(user)
+
     def publish_many(self, updates: Iterable[tuple[str | int, str, object]]) -> list[int]:
         """Publish ``(user_id, topic, data)`` updates in one round trip; return their seqs, in order.
 

@@ -47,6 +47,10 @@ def load_script(client: redis.Redis, name: str) -> redis.commands.core.Script:
     return client.register_script(source)
 
 
+#: What recording a connection says (``Registry.connect``, connect.lua).
+ADMITTED, AT_LIMIT, REVOKED = 1, 0, -1
+
+
 def connection_id(worker_id: str, sid: str) -> str:
     return f"{worker_id}/{sid}"
 
@@ -59,6 +63,7 @@ class Registry:
         self.prefix = prefix
         self.worker_id = worker_id
         self._connect = load_script(client, "connect")
+        self._revoke = load_script(client, "revoke")
         self._subscribe = load_script(client, "subscribe")
         self._release = load_script(client, "release")
         self._heartbeat = load_script(client, "heartbeat")
@@ -70,13 +75,29 @@ class Registry:
 
     # Writes: one script each, owned by this worker.
 
-    def connect(self, sid: str, user: str, limit: int = 0) -> bool:
-        """Record connection ``sid`` of ``user``; False (nothing recorded) when the user has ``limit`` already.
+    def connect(self, sid: str, user: str, limit: int = 0, issued_at: float | None = None) -> int:
+        """Record connection ``sid`` of ``user``: :data:`ADMITTED`; or, with nothing recorded, :data:`AT_LIMIT`
+        when the user has ``limit`` connections already, :data:`REVOKED` when the connection's token was issued
+        (``issued_at``; None: not known) before the user's revocation.
 
         ``limit`` 0: no limit. Recording a connection twice is harmless.
         """
         conn = connection_id(self.worker_id, sid)
-        return bool(self._connect(args=[self.prefix, self.worker_id, conn, user, limit]))
+        when = "" if issued_at is None else repr(float(issued_at))
+        return int(self._connect(args=[self.prefix, self.worker_id, conn, user, limit, when]))
+
+    def is_revoked(self, user: str, issued_at: float | None) -> bool:
+        """Whether a token of ``user`` issued at ``issued_at`` (None: not known) is refused (:meth:`revoke`)."""
+        revoked = self.redis.get(self.key("revoked", user))
+        return revoked is not None and (issued_at is None or issued_at < float(revoked))
+
+    def revoke(self, user: str, issued_before: float) -> float:
+        """Refuse from now on every token of ``user`` issued before ``issued_before``; return the time in force.
+
+        Kept in Redis, so across gateway restarts. A revocation is never
+        undone: asking for an earlier time keeps the later one.
+        """
+        return float(self._revoke(args=[self.prefix, user, repr(float(issued_before))]))
 
     def subscribe(self, sid: str, user: str, topics: Iterable[str]) -> dict[str, int]:
         """Record ``topics`` for connection ``sid`` of ``user``; return each topic's current seq."""

@@ -103,6 +103,7 @@ class GatewayWorker:
         self.socketio.start_background_task(pinger.run, self.stopping)
         self.socketio.start_background_task(self.guard.run, self.stopping)
         self.socketio.start_background_task(self.heartbeat.run, self.stopping)
+        self.socketio.start_background_task(self.gateway.control.lifetimes.run, self.stopping)
         self.socketio.start_background_task(self._watch, alive)
         # Serve only once updates can flow; a Redis that is away delays no
         # more than this, and /readyz tells the load balancer meanwhile.

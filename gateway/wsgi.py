@@ -46,7 +46,8 @@ def create_app(config: Config | None = None) -> Flask:
     history = History(client, config.key_prefix)
     listener, manager, fanout = _fanout(config, client, history)
     gateway = Gateway(
-        registry, history, fanout, listener, TokenVerifier(config), config.topics, config.max_connections_per_user
+        registry, history, fanout, listener, TokenVerifier(config), config.topics, config.max_connections_per_user,
+        refresh_lead=config.token_refresh_lead, leeway=config.jwt_leeway,
     )
     heartbeat = Heartbeat(
         registry, config.heartbeat_seconds, gateway.reassert, gateway.releases, tidy=fanout.forget_empty_rooms
@@ -59,7 +60,7 @@ def create_app(config: Config | None = None) -> Flask:
     engine.keep_slim_environs(socketio.server)
     gateway.register(socketio)
     # A kick closes connections, which waits on Redis: in a greenlet of its own, never in the listener's.
-    manager.on_kick = partial(socketio.start_background_task, gateway.kick)
+    manager.on_kick = partial(socketio.start_background_task, gateway.control.kick)
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()
     checks = [health.redis_answers(client.ping), _listener_check(listener), _lease_check(heartbeat)]

@@ -63,9 +63,9 @@ def connection_keys(client: redis.Redis, prefix: str) -> set[str]:
     """Keys under ``prefix`` that belong to connections and workers.
 
     Left out: what is kept per user whatever the connections (seq counters,
-    history), the data epoch and the publish counts.
+    history, revocations), the data epoch and the publish counts.
     """
-    kept = (b":seq:", b":hist:")
+    kept = (b":seq:", b":hist:", b":revoked:")
     return {
         key.decode() for key in client.scan_iter(f"{prefix}:*")
         if not any(part in key for part in kept) and not key.endswith((b":epoch", b":published"))

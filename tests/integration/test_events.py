@@ -21,6 +21,7 @@ from flask_socketio import SocketIO
 from gateway.publisher import Publisher
 from tests.integration.support import (
     REPO,
+    SECRET,
     Client,
     GatewayProcess,
     metric,
@@ -364,3 +365,149 @@ def test_gateway_kick_from_the_command_line(gateway: GatewayProcess) -> None:
     refused = subprocess.run([sys.executable, "-m", "gateway.cli", "kick", "not a user"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "USER" in refused.stderr
+
+
+def refusal_of(gateway: GatewayProcess, token: str) -> str:
+    """The reason the gateway refuses ``token`` at CONNECT."""
+    client = Client(gateway.url, token)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect()
+    (refused,) = client.refused
+    return str(refused["reason"])
+
+
+def test_revoked_tokens_are_refused_across_a_restart_and_tokens_issued_later_are_not(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    import jwt
+
+    gateway = start_gateway()
+    user, now = unique_user(), int(time.time())
+
+    def token_issued(at: int) -> str:
+        return jwt.encode({"sub": user, "iat": at, "exp": now + 3600}, SECRET, algorithm="HS256")
+
+    old, later = token_issued(now - 60), token_issued(now - 10)
+    client = Client(gateway.url, old, user=user).connect()
+    client.subscribe("balance")
+    reasons = server_disconnects(client)
+    with Publisher(config=gateway.config) as publisher:
+        assert publisher.revoke_tokens(user, issued_before=now - 30) == 2
+        wait_for(lambda: not client.sio.connected, 10, "the user's live connection closed")
+        assert reasons == [socketio.Client.reason.SERVER_DISCONNECT]
+        assert refusal_of(gateway, old) == "revoked_token"
+        assert refusal_of(gateway, jwt.encode({"sub": user, "exp": now + 60}, SECRET, algorithm="HS256")) \
+            == "revoked_token", "a token that does not say when it was issued cannot prove it came after"
+        publisher.revoke_tokens(user, issued_before=now - 50)  # an earlier time does not undo the revocation
+    fresh = Client(gateway.url, later, user=user).connect()
+    assert fresh.subscribe("balance")["ok"]
+    fresh.close()
+    gateway.stop()
+    restarted = start_gateway()
+    assert refusal_of(restarted, old) == "revoked_token", "the revocation outlived the gateway"
+    assert metric(restarted, "gateway_connect_refused_total", reason="revoked_token") == 1
+    assert unclean_lines(gateway.log()) == [] and unclean_lines(restarted.log()) == []
+
+
+def test_gateway_kick_revoke_from_the_command_line(gateway: GatewayProcess) -> None:
+    import jwt
+
+    user, now = unique_user(), int(time.time())
+    old = jwt.encode({"sub": user, "iat": now - 5, "exp": now + 3600}, SECRET, algorithm="HS256")
+    client = Client(gateway.url, old, user=user).connect()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **gateway.env}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "kick", user, "--revoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"user {user} kicked, its tokens issued until now revoked: 2 workers told"
+    wait_for(lambda: not client.sio.connected, 10, "the connection closed")
+    assert refusal_of(gateway, old) == "revoked_token"
+
+
+# Session lifetime: a connection lives no longer than its token.
+
+
+def expiry_of(token: str) -> int:
+    import jwt
+
+    return int(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+def test_a_connection_is_told_before_its_token_runs_out_and_a_refresh_keeps_it(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gateway = start_gateway(GATEWAY_TOKEN_REFRESH_LEAD="3", GATEWAY_JWT_LEEWAY="1")
+    user = unique_user()
+    first = gateway.token(user, ttl=4)
+    client = Client(gateway.url, first, user=user).connect()
+    client.subscribe("balance")
+    reasons = server_disconnects(client)
+    assert client.wait_events("token_expiring", 1, 10) == [{"exp": expiry_of(first)}]
+    second = gateway.token(user, ttl=3600)
+    assert client.call("refresh", {"token": second}) == {"ok": True, "exp": expiry_of(second)}
+    # the first token's end and leeway pass: the clock is what this test is about
+    wait_for(lambda: time.time() > expiry_of(first) + 2, 10, "past the first token's end")
+    with Publisher(config=gateway.config) as publisher:
+        publisher.publish(user, "balance", {"usd": "1"})
+    assert [update["seq"] for update in client.wait_events("balance", 1)] == [1]
+    assert client.sio.connected and reasons == []
+    assert metric(gateway, "gateway_token_refreshes_total") == 1
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_without_a_refresh_nothing_published_after_exp_arrives_and_the_connection_ends(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gateway = start_gateway(GATEWAY_TOKEN_REFRESH_LEAD="1", GATEWAY_JWT_LEEWAY="1")
+    user = unique_user()
+    token = gateway.token(user, ttl=3)
+    exp = expiry_of(token)
+    client = Client(gateway.url, token, user=user).connect()
+    client.subscribe("balance")
+    reasons = server_disconnects(client)
+    published: dict[int, float] = {}
+    stop = threading.Event()
+
+    def publish() -> None:
+        with Publisher(config=gateway.config) as publisher:
+            while not stop.is_set() and time.time() < exp + 3:
+                at = time.time()
+                published[publisher.publish(user, "balance", {"at": at})] = at
+                stop.wait(0.05)
+
+    publishing = threading.Thread(target=publish)
+    publishing.start()
+    try:
+        wait_for(lambda: not client.sio.connected, 15, "the connection ended with its token")
+    finally:
+        stop.set()
+        publishing.join(10)
+    assert reasons == [socketio.Client.reason.SERVER_DISCONNECT]
+    received = client.seqs("balance")
+    assert received, "updates published before exp arrived"
+    late = [seq for seq in received if published[seq] > exp + 0.1]
+    assert late == [], f"published after exp and delivered: {late}"
+    assert any(at > exp + 0.5 for at in published.values()), "publishing went on past exp"
+    assert metric(gateway, "gateway_sessions_expired_total") == 1
+    assert refusal_of(gateway, token) == "expired_token", "its next CONNECT with the same token is refused"
+    assert unclean_lines(gateway.log()) == []
+
+
+def test_a_refresh_with_a_token_that_may_not_extend_the_connection_changes_nothing(gateway: GatewayProcess) -> None:
+    import jwt
+
+    user, now = unique_user(), int(time.time())
+    client = gateway.client(user).connect()
+    revoked = jwt.encode({"sub": user, "iat": now - 60, "exp": now + 3600}, SECRET, algorithm="HS256")
+    redis.Redis.from_url(gateway.config.redis_url).set(f"{gateway.config.key_prefix}:revoked:{user}", now - 30)
+    for token, error in [
+        (gateway.token(unique_user()), "wrong_user"),
+        (gateway.token(user, ttl=-60), "expired_token"),
+        ("not a jwt", "invalid_token"),
+        (None, "invalid_token"),
+        (revoked, "revoked_token"),
+    ]:
+        ack = client.call("refresh", {"token": token})
+        assert (ack["ok"], ack["error"]) == (False, error) and ack["message"], ack
+    assert client.subscribe("balance")["ok"], "the connection goes on as it was"
+    client.close()

@@ -7,7 +7,7 @@ import threading
 
 import redis
 
-from gateway.subscriptions import PendingReleases, Registry
+from gateway.subscriptions import ADMITTED, AT_LIMIT, REVOKED, PendingReleases, Registry
 from tests.integration.support import RedisServer, connection_keys, free_port
 
 TOPICS = ("balance", "positions", "pnl", "orders")
@@ -206,3 +206,16 @@ def test_releases_asked_during_one_go_in_the_next_round_trip_and_failures_are_re
     failing = PendingReleases(unreachable)
     failing.release("s9")
     assert failing.pending == {"s9"} and failing.queued == []
+
+
+def test_a_revocation_refuses_older_tokens_and_is_never_undone(redis_client: redis.Redis, prefix: str) -> None:
+    registry = Registry(redis_client, prefix, "w1")
+    assert registry.connect("s0", "alice", issued_at=100.0) == ADMITTED
+    assert registry.revoke("alice", 200.0) == 200.0
+    assert registry.connect("s1", "alice", issued_at=150.0) == REVOKED
+    assert registry.connect("s2", "alice", issued_at=None) == REVOKED, "a token that does not say when"
+    assert registry.connect("s3", "alice", issued_at=200.0) == ADMITTED
+    assert registry.revoke("alice", 50.0) == 200.0, "an earlier time keeps the later one"
+    assert registry.connect("s4", "bob", issued_at=1.0) == ADMITTED, "another user is untouched"
+    assert set(registry.connections("w1")) == {"s0", "s3", "s4"}, "nothing recorded for a refused token"
+    assert registry.connect("s5", "alice", limit=2, issued_at=300.0) == AT_LIMIT

@@ -251,3 +251,12 @@ def test_clock_skew_within_the_leeway_is_allowed() -> None:
 def test_no_leeway_is_strict() -> None:
     verifier = TokenVerifier(hs256_config(GATEWAY_JWT_LEEWAY="0"))
     assert reason_for(verifier, hs256(claims(exp=int(time.time()) - 2))) == "expired_token"
+
+
+def test_a_tokens_identity_says_when_it_was_issued_when_the_token_does() -> None:
+    verifier = TokenVerifier(hs256_config())
+    exp = int(time.time()) + 3600
+    assert verifier.identity(hs256(claims(iat=1_790_000_000, exp=exp))) == ("4", 1_790_000_000.0, float(exp))
+    assert verifier.identity(hs256(claims(exp=exp))) == ("4", None, float(exp))
+    user, issued, _ = verifier.identity(mint_token(hs256_config(), "7", 60))
+    assert user == "7" and issued is not None and abs(issued - time.time()) < 5, "a minted token says when"
