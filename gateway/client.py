@@ -15,6 +15,11 @@ client.connect()          # reconnects by itself, resubscribing with since={topi
 - an update whose seq is not above the last one is a repeat and is dropped,
   except seq 1, which starts a new count (Redis lost its data).
 
+``token`` may be a callable that returns a fresh token (a token provider):
+on ``token_expiring`` the client sends ``refresh`` with a new one, and if the
+gateway still ends the session because the token ran out, it connects again
+with a new token and resumes. After a kick it stays disconnected.
+
 ``on_update`` runs on the client's reading thread, in arrival order: keep it
 short. (python-socketio's own client runs each handler on a thread of its
 own, so handlers of consecutive updates can run out of order;
@@ -38,8 +43,10 @@ from gateway.errors import Code
 log = logging.getLogger(__name__)
 
 OnUpdate = Callable[[str, dict[str, Any]], None]
-#: Seconds before a subscribe answered ``unavailable`` is sent again.
+#: Seconds before a subscribe answered ``unavailable``, or a connect after the token's end, is tried again.
 RETRY_SECONDS = 1.0
+#: Connects tried after the gateway ended a session whose token ran out.
+RECONNECT_ATTEMPTS = 10
 
 
 class _InOrderEngineIOClient(engineio.Client):  # type: ignore[misc]
@@ -77,11 +84,15 @@ class ResumingClient:
         self.acks: list[dict[str, Any]] = []
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         options.setdefault("reconnection_delay", 0.5)
         options.setdefault("reconnection_delay_max", 5)
         self.sio = OrderedClient(**options)
         self.sio.on("connect", self._subscribe)
-        self.sio.on("disconnect", lambda reason=None: self.subscribed.clear())
+        self.sio.on("disconnect", self._disconnected)
+        self.sio.on("token_expiring", self._refresh)
+        #: the gateway said the token runs out, and no refresh succeeded since
+        self._expiring = False
         for topic in self.topics:
             self.sio.on(topic, self._handler(topic))
 
@@ -89,7 +100,44 @@ class ResumingClient:
         self.sio.connect(self.url, auth=self._auth, transports=["websocket"], wait_timeout=wait_timeout)
 
     def close(self) -> None:
+        self._stopped.set()
         self.sio.disconnect()
+
+    # The token's lifetime.
+
+    def _refresh(self, notice: dict[str, Any] | None = None) -> None:
+        """The token runs out soon: send a new one from the token provider (a fixed token cannot be renewed)."""
+        self._expiring = True
+        if not callable(self.token):
+            log.warning("token expiring and no token provider to renew it: the gateway will disconnect at exp")
+            return
+        self.sio.emit("refresh", {"token": self.token()}, callback=self._refreshed)
+
+    def _refreshed(self, ack: dict[str, Any]) -> None:
+        if ack.get("ok"):
+            self._expiring = False
+            return
+        log.warning("token refresh refused: %s", ack)
+
+    def _disconnected(self, reason: Any = None) -> None:
+        """After the gateway ended the session because the token ran out, connect again with a new token
+        (resuming with ``since``); after a kick, stay disconnected."""
+        self.subscribed.clear()
+        if reason == socketio.Client.reason.SERVER_DISCONNECT and self._expiring and callable(self.token):
+            self._expiring = False
+            again = threading.Thread(target=self._connect_again, name="resuming-client-reconnect", daemon=True)
+            again.start()
+
+    def _connect_again(self) -> None:
+        for attempt in range(RECONNECT_ATTEMPTS):
+            try:
+                self.connect()
+                return
+            except socketio.exceptions.ConnectionError as exc:
+                log.warning("connecting again after the token's end failed (attempt %d): %s", attempt + 1, exc)
+                self._stopped.wait(RETRY_SECONDS)
+                if self._stopped.is_set():
+                    return
 
     def _auth(self) -> dict[str, str]:
         return {"token": self.token() if callable(self.token) else self.token}
