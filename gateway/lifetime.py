@@ -50,8 +50,12 @@ class Lifetimes:
     def track(self, sid: str, exp: float) -> None:
         """``sid``'s token runs out at ``exp`` (Unix seconds): from now on its steps are those of this ``exp``.
 
-        One entry per connection waits in the timetable: its next step.
+        One entry per connection waits in the timetable: its next step. The
+        same ``exp`` again (a refresh with a token that runs out at the same
+        time) changes nothing: its warning is not sent twice.
         """
+        if self._exp.get(sid) == exp:
+            return
         self._exp[sid] = exp
         heapq.heappush(self._due, (exp - self.lead, EXPIRING, sid, exp))
         self._changed.set()

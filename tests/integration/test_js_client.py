@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,43 @@ def test_js_resuming_example_sees_every_seq_once_across_a_reload(
     assert [line["seq"] for line in updates] == list(range(1, last["seq"] + 1))
     acks = [line["ack"] for line in lines() if "ack" in line]
     assert all(ack["ok"] for ack in acks) and "snapshot" not in acks[1]["topics"]["balance"]
+
+
+def test_js_resuming_example_refreshes_its_token_from_a_file_and_keeps_its_session(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """examples/js/resuming-client.mjs with @TOKEN_FILE: a short token, then a long one written to the file."""
+    gateway = start_gateway(GATEWAY_TOKEN_REFRESH_LEAD="2", GATEWAY_JWT_LEEWAY="1")
+    (tmp_path / "node_modules").symlink_to(JS / "node_modules")
+    shutil.copy(REPO / "examples" / "js" / "resuming-client.mjs", tmp_path)
+    user = unique_user()
+    token_file = tmp_path / "token"
+    token_file.write_text(gateway.token(user, ttl=4))  # warned 2 s before its exp
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        node = subprocess.Popen(
+            ["node", "resuming-client.mjs", gateway.url, f"@{token_file}", "60", "balance"],
+            cwd=tmp_path, stdout=out, stderr=err,
+        )
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(text) for text in (tmp_path / "stdout").read_text().splitlines()]
+
+    try:
+        wait_for(lambda: any("ack" in line for line in lines()), 20, "the example subscribed")
+        token_file.write_text(gateway.token(user, ttl=3600))  # the sidecar renews the file
+        wait_for(lambda: any("refresh" in line for line in lines()), 15, "the example refreshed")
+        with Publisher(config=gateway.config) as publisher:
+            deadline = time.time() + 4  # past the first token's exp and leeway: the clock is this test's subject
+            seq = 0
+            while time.time() < deadline:
+                seq = publisher.publish(user, "balance", {"n": seq + 1})
+                time.sleep(0.05)  # pacing, not synchronisation
+        wait_for(lambda: lines()[-1].get("seq") == seq, 15, "every update delivered")
+    finally:
+        node.kill()
+        node.wait(10)
+    refreshes = [line["refresh"] for line in lines() if "refresh" in line]
+    assert refreshes and all(ack["ok"] for ack in refreshes) and refreshes[-1]["exp"] > time.time() + 3000
+    assert [line["seq"] for line in lines() if "seq" in line] == list(range(1, seq + 1))
+    assert sum("ack" in line for line in lines()) == 1, "one session all along"
+    assert unclean_lines(gateway.log()) == []

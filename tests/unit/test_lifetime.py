@@ -40,6 +40,15 @@ def test_a_refresh_moves_every_step_and_the_old_ones_never_run() -> None:
     assert steps[-1] == ("a", EXPIRING, 5000.0) and lifetimes.exp("a") == 5000.0
 
 
+def test_the_same_exp_again_is_no_new_warning() -> None:
+    lifetimes, steps = timetable()
+    lifetimes.track("a", 1000.0)
+    lifetimes.run_due(950.0)
+    lifetimes.track("a", 1000.0)  # a refresh with a token that runs out at the same time
+    lifetimes.run_due(960.0)
+    assert steps == [("a", EXPIRING, 1000.0)]
+
+
 def test_an_ended_connection_has_no_step_and_churn_does_not_grow_the_timetable() -> None:
     lifetimes, steps = timetable()
     lifetimes.track("keep", 9000.0)
