@@ -18,6 +18,9 @@ from gateway.config import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.publisher import Publisher
 
+#: The longest lifetime ``gateway token`` gives a token (a revocation or kick is what ends a session sooner).
+MAX_TOKEN_SECONDS = 86400
+
 
 def _config(server: bool = False) -> Config:
     config = Config.from_env(server=server)
@@ -64,7 +67,8 @@ def kick(user: str, revoke: bool) -> None:
 
 @cli.command()
 @click.argument("user")
-@click.option("--ttl", default=3600, show_default=True, help="Seconds the token stays valid.")
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, MAX_TOKEN_SECONDS),
+              help="Seconds the token stays valid, one day at most: a session lives no longer than its token.")
 def token(user: str, ttl: int) -> None:
     """Mint a token for USER with GATEWAY_JWT_SECRET (tests and demos)."""
     try:

@@ -31,6 +31,8 @@ def test_gateway_command_for_operators(redis_server: RedisServer, prefix: str) -
     assert "hunter2" not in shown.stdout and "GATEWAY_KEY_PREFIX=" + prefix in shown.stdout
     env["GATEWAY_REDIS_URL"] = redis_server.url
     token = cli("token", "42", "--ttl", "60", env=env).stdout.strip()
+    too_long = cli("token", "42", "--ttl", "86401", env=env)
+    assert too_long.returncode == 2 and "--ttl" in too_long.stderr and "86400" in too_long.stderr
     assert TokenVerifier(Config.from_env(env)).verify(token) == "42"
     Registry(redis_server.client(), prefix, "w").subscribe("s", "42", ["pnl", "orders"])
     assert cli("subs", "--user", "42", env=env).stdout.split() == ["orders", "pnl"]

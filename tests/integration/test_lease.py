@@ -9,7 +9,9 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
+import socketio
 
 from gateway.lease import sweep_expired
 from gateway.subscriptions import Registry
@@ -21,6 +23,7 @@ from tests.integration.support import (
     live_keys,
     registry_of,
     subscribed_on_every_worker,
+    unique_user,
     wait_for,
 )
 
@@ -87,3 +90,37 @@ def dead_process_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait(10)
     return process.pid
+
+
+def test_the_per_user_limit_holds_across_instances_and_a_killed_worker_gives_its_places_back(
+    start_gateway: StartGateway,
+) -> None:
+    first, second = (start_gateway(GATEWAY_MAX_CONNECTIONS_PER_USER="4", GATEWAY_HEARTBEAT_SECONDS="1")
+                     for _ in range(2))
+    registry = registry_of(first)
+    user = unique_user()
+    clients = [instance.client(user).connect() for instance in (first, second, first, second)]
+    assert registry.user_connections(user) == 4
+    for instance in (first, second):
+        extra = instance.client(user)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            extra.connect()
+        assert extra.refused[0]["reason"] == "too_many_connections", "the limit counts every instance's"
+    clients.pop().close()
+    wait_for(lambda: registry.user_connections(user) == 3, 10, "a closed connection's place given back")
+    clients.append(first.client(user).connect())
+
+    def held_by_pid() -> dict[int, int]:
+        return {int(worker.split(":")[-2]): sum(1 for who in registry.connections(worker).values() if who == user)
+                for worker in registry.owners()}
+
+    victim, held = max(((pid, count) for pid, count in held_by_pid().items() if pid in first.worker_pids()),
+                       key=lambda item: item[1])
+    assert held >= 1
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: registry.user_connections(user) == 4 - held, 15, "the killed worker's places given back")
+    for _ in range(held):
+        clients.append(second.client(user).connect())
+    assert registry.user_connections(user) == 4
+    for client in clients:
+        client.close()
