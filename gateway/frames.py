@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from gateway.errors import ClientMistake
 from gateway.inbound import InboundBudget, InboundLimits
+from gateway.received import Received
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: The close code of each refusal (RFC 6455 §7.4.1); any other reason closes with 1008, policy violation.
@@ -87,7 +88,7 @@ def close_code(payload: bytes) -> int:
     return code
 
 
-class Incoming:
+class Incoming(Received):
     """What one client sent, parsed: whole text messages and control frames, each frame judged on its header.
 
     At most one frame of the maximum size is ever buffered, and one
@@ -95,33 +96,18 @@ class Incoming:
     ``check`` judges each whole message, returning a refusal reason or None.
     """
 
-    __slots__ = ("_limits", "_budget", "_check", "_buffer", "_at", "_header", "_parts", "_total")
+    __slots__ = ("_limits", "_budget", "_check", "_header", "_parts", "_total")
 
     def __init__(self, limits: InboundLimits, check: Callable[[str], str | None] | None = None) -> None:
+        super().__init__()
         self._limits = limits
         self._budget = InboundBudget(limits, time.monotonic())
         self._check = check
-        #: bytes received and not yet parsed, from ``_at`` on
-        self._buffer = b""
-        self._at = 0
         #: the judged header of the frame under way: (fin, opcode, payload size, header size)
         self._header: tuple[bool, int, int, int] | None = None
         #: the fragments of a message under way, and their bytes
         self._parts: list[bytes] | None = None
         self._total = 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet returned in a frame."""
-        return len(self._buffer) - self._at
-
-    def feed(self, data: bytes) -> None:
-        """Bytes received from the client, after those before."""
-        if self._at < len(self._buffer):
-            self._buffer = self._buffer[self._at:] + data
-        else:
-            self._buffer = data
-        self._at = 0
 
     def next(self) -> str | Control | None:
         """The next whole text message or control frame received; None until one is all in."""

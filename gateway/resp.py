@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.received import Received
+
 
 class ReplyError:
     """An error reply (``-ERR ...`` or a blob error): its text."""
@@ -51,27 +53,10 @@ _LINES = frozenset(map(ord, ",#("))
 _NOT_IN_YET = object()
 
 
-class Replies:
+class Replies(Received):
     """The replies one Redis connection sent, from the bytes read off it in whatever pieces they came."""
 
-    __slots__ = ("_buffer", "_at")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._at = 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet returned in a reply."""
-        return len(self._buffer) - self._at
-
-    def feed(self, data: bytes) -> None:
-        """Bytes read from the connection, after those before."""
-        if self._at < len(self._buffer):
-            self._buffer = self._buffer[self._at:] + data
-        else:
-            self._buffer = data
-        self._at = 0
+    __slots__ = ()
 
     def all(self) -> list[Any]:
         """Every whole reply received so far, in order; what is not all in yet waits for more bytes."""
