@@ -57,7 +57,8 @@ def unix(seconds: float) -> int | float:
 
 
 class SessionControl:
-    """Kicks, token ends and refreshes for the connections of one worker (``connections``: sid -> session)."""
+    """Admission, kicks, token ends and refreshes for the connections of one worker (``connections``: sid ->
+    session)."""
 
     def __init__(
         self,

@@ -125,7 +125,6 @@ class Gateway:
         self.listener = listener
         self.verifier = verifier
         self.topics = frozenset(topics)
-        self.max_connections_per_user = max_connections_per_user
         self.connections: dict[str, Connection] = {}
         #: kicks, the end of each connection's token, refreshes
         self._redis_fault = FaultOnce(log, "subscription store unavailable")
