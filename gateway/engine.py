@@ -243,14 +243,14 @@ def cut_session(server: socketio.Server, eio_sid: str, code: int | None = None) 
     waited for.
     """
     ws = server.environ.get(eio_sid, {}).get("wsgi.websocket")
-    session = server.eio.sockets.get(eio_sid)
-    if session is not None:
-        session.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
-    if isinstance(ws, WebSocket):
+    if isinstance(ws, WebSocket):  # first: the session's close would close it with 1000
         if code is None:
             ws.abort()
         else:
             ws.close(code)
+    session = server.eio.sockets.get(eio_sid)
+    if session is not None:
+        session.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
 
 
 def cut_every_session(server: socketio.Server) -> int:

@@ -33,9 +33,17 @@ for one slow client.
 
 Closing is the RFC's handshake: a close frame, then the read side waits at
 most :data:`CLOSE_WAIT_SECONDS` for the client's answer before it is shut, so
-that a silent client is not waited for. The TCP connection is closed once
-the reading ended (by gevent's WSGI server when the handler's greenlet read
-it).
+that a silent client is not waited for. Once the close frames crossed, the
+gateway's side is shut (the client sees the end of the stream at once), and
+what the client still sends, up to :data:`LINGER_BYTES`, is read and dropped
+until it ends its side, within the same bound; only then is the socket
+closed. A socket closed with unread input answers with a reset, which a
+proxy in front takes for an error of the gateway's and logs with the
+request line, the query string's token included: a client whose writer
+thread sends its last packets behind its close frame is normal. A
+connection whose reading ended otherwise (the client's end of stream, a
+reset, a cut) is closed at once (by gevent's WSGI server when the handler's
+greenlet read it).
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT_SECONDS = 5.0
 #: libev's event masks for "the socket has something to read" and "the socket can take more".
 READ, WRITE = 1, 2
+#: Bytes a client may still send after the closing handshake, read and dropped, before the socket is closed anyway.
+LINGER_BYTES = 65536
 #: Bytes taken off a client's socket in one read.
 READ_CHUNK = 16384
 
@@ -113,6 +123,16 @@ class RawSocket(_socket.socket):
 
     def send(self, data: Any, flags: int = 0, timeout: float | None = None) -> int:
         return super().send(data, flags)
+
+    def drop(self) -> int | None:
+        """Read and drop what the client sent (never waiting): how many bytes; None once its side ended."""
+        try:
+            data = self.recv(READ_CHUNK)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return None
+        return len(data) or None
 
 
 class Outbox:
@@ -226,7 +246,8 @@ class Receiver(Protocol):
         """One text message from the client; False to read no more."""
 
     def ended(self) -> None:
-        """The reading ended (the client left or closed, or was refused); the socket closes right after."""
+        """The reading ended (the client left or closed, or was refused); the socket closes after it (see
+        :meth:`WebSocket.lingers`)."""
 
 
 class HubReader:
@@ -239,12 +260,14 @@ class HubReader:
     the reading ends the receiver is told, then the socket is closed.
     """
 
-    __slots__ = ("_ws", "_receiver", "_watcher")
+    __slots__ = ("_ws", "_receiver", "_socket", "_watcher", "_dropped")
 
-    def __init__(self, ws: WebSocket, receiver: Receiver, fileno: int) -> None:
+    def __init__(self, ws: WebSocket, receiver: Receiver, sock: RawSocket) -> None:
         self._ws = ws
         self._receiver = receiver
-        self._watcher: Any = get_hub().loop.io(fileno, READ)
+        self._socket = sock
+        self._watcher: Any = get_hub().loop.io(sock.fileno(), READ)
+        self._dropped = 0
 
     def start(self, now: bool) -> None:
         """Wait for the client; ``now``: read what was received already first."""
@@ -261,6 +284,7 @@ class HubReader:
     def _burst(self) -> None:
         """Take what came, hand each whole message on, then wait in the hub again; or end."""
         ws = self._ws
+        linger = False
         try:
             if ws.fill() is not None:
                 while (message := ws.take()) is not _MORE:
@@ -270,15 +294,29 @@ class HubReader:
                     if not ws.finished:
                         self._watcher.start(self._readable)
                         return
+                linger = True  # the connection is still up: the client may still send
         except Exception:  # a fault of the gateway's: logged once, and this connection ends
             log.exception("reading a WebSocket failed")
-        self._end()
+        self._end(linger)
 
-    def _end(self) -> None:
+    def _end(self, linger: bool) -> None:
         try:
             self._receiver.ended()
         finally:
-            self._ws.release()
+            if linger and self._ws.lingers():
+                self._watcher.start(self._drain)
+            else:
+                self._ws.release()
+
+    def _drain(self) -> None:
+        """After the closing handshake: drop what the client still sends until it ends its side (runs in the hub)."""
+        dropped = self._socket.drop()
+        if dropped is not None:
+            self._dropped += dropped
+            if self._dropped <= LINGER_BYTES:
+                return
+        self._watcher.stop()
+        self._ws.release()
 
 
 class WebSocket(Handshake):
@@ -295,14 +333,8 @@ class WebSocket(Handshake):
 
     __slots__ = ("closed", "handed_over", "_gone", "_socket", "_rfile", "_incoming", "_closer", "_outbox", "_reader")
 
-    def __init__(
-        self,
-        environ: dict[str, Any],
-        sock: Any,
-        rfile: Any,
-        limits: InboundLimits,
-        check: Callable[[str], str | None] | None = None,
-    ) -> None:
+    def __init__(self, environ: dict[str, Any], sock: Any, rfile: Any, limits: InboundLimits,
+                 check: Callable[[str], str | None] | None = None) -> None:
         super().__init__(environ)
         self.closed = False
         #: read from the hub (:meth:`start`) rather than by the WSGI handler's greenlet
@@ -336,7 +368,7 @@ class WebSocket(Handshake):
         self._socket, pipelined = RawSocket.taken_from(self._socket, self._rfile)
         self._rfile = None
         self._outbox.rebind(self._socket)
-        self._reader = HubReader(self, receiver, self._socket.fileno())
+        self._reader = HubReader(self, receiver, self._socket)
         self._incoming.feed(pipelined)
         self._reader.start(now=bool(pipelined))
 
@@ -434,6 +466,10 @@ class WebSocket(Handshake):
         self._outbox.then(functools.partial(self._shut, socket.SHUT_WR))  # all up to the close frame written
         self._closer = get_hub().loop.timer(CLOSE_WAIT_SECONDS)
         self._closer.start(self._stop_reading)
+
+    def lingers(self) -> bool:
+        """Whether its reading done, the socket waits for the client to end its side (after a close frame)."""
+        return self.closed and not self._gone and self._closer is not None
 
     def abort(self) -> None:
         """Cut the TCP connection now: what waits is dropped, a blocked read ends and the buffers are freed."""

@@ -161,7 +161,9 @@ def test_a_malformed_packet_closes_the_connection_quietly(
 ) -> None:
     user = unique_user()
     client = authenticated(hostile, user) if when == "after_connect" else connected(hostile)
-    client.send_text("4" + case["packet"])
+    packet = "4" + case["packet"]
+    client.send_text(packet)
+    assert client.close_code() == (1009 if len(packet.encode()) > MAX_MESSAGE else 1008)
     assert client.ended()
     no_sessions_but(hostile, 1)
     wait_for(lambda: not redis_client.smembers(f"{hostile.config.key_prefix}:conns:{user}"), 5, "connection released")
@@ -171,6 +173,7 @@ def test_an_event_before_connect_is_refused(hostile: GatewayProcess, witness: Cl
     before = errors(hostile, "not_connected")
     client = connected(hostile)
     client.send_text('42["subscribe",{"topics":["balance"]}]')
+    assert client.close_code() == 1008
     assert client.ended()
     wait_for(lambda: errors(hostile, "not_connected") == before + 1, 5, "not_connected counted")
 

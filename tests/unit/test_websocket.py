@@ -259,9 +259,19 @@ def wait_until(condition: Any, what: str) -> None:
             gevent.sleep(0.005)
 
 
-def started(pipelined: bytes = b"", stop_at: str | None = None) -> tuple[WebSocket, Recorder, Any]:
-    """A WebSocket read from the hub over a socket pair: (it, its receiver, the client's end)."""
-    ours, theirs = gevent.socket.socketpair()
+def a_tcp_connection() -> tuple[Any, Any]:
+    """Both ends of a TCP connection on the loopback: (the gateway's, the client's)."""
+    with gevent.socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        theirs = gevent.socket.create_connection(listener.getsockname(), timeout=5)
+        ours, _ = listener.accept()
+    return ours, theirs
+
+
+def started(pipelined: bytes = b"", stop_at: str | None = None, tcp: bool = False) -> tuple[WebSocket, Recorder, Any]:
+    """A WebSocket read from the hub over a socket pair, or a TCP connection: (it, its receiver, the client's end)."""
+    ours, theirs = a_tcp_connection() if tcp else gevent.socket.socketpair()
     rfile = io.BufferedReader(io.BytesIO(pipelined))
     ws = WebSocket({"PATH_INFO": "/socket.io/"}, ours, rfile, InboundLimits.for_messages_of(LIMIT))
     receiver = Recorder(stop_at)
@@ -346,4 +356,60 @@ def test_a_cut_websocket_ends_its_reading_at_once() -> None:
     ws, receiver, theirs = started()
     ws.abort()
     wait_until(lambda: receiver.ends == 1, "the reading ended")
+    theirs.close()
+
+
+def closed_handshake(tcp: bool = True) -> tuple[WebSocket, Any]:
+    """A WebSocket whose client sent its close frame and read the answer: (it, the client's end)."""
+    ws, receiver, theirs = started(tcp=tcp)
+    theirs.sendall(frame(struct.pack("!H", 1000), CLOSE))
+    wait_until(lambda: receiver.ends == 1, "the client's close frame ended the reading")
+    theirs.settimeout(5)
+    assert read_all(theirs, 4) == bytes([0x80 | CLOSE, 2]) + struct.pack("!H", 1000)
+    assert theirs.recv(100) == b"", "the gateway's side is shut at once: the client is not kept waiting"
+    return ws, theirs
+
+
+def socket_closed(ws: WebSocket) -> bool:
+    return bool(ws._socket.fileno() == -1)
+
+
+def test_what_a_client_sends_behind_its_close_frame_is_dropped_and_the_close_is_not_a_reset() -> None:
+    ws, theirs = closed_handshake()
+    # A client's writer thread sends its last packets after the close frame its other thread sent; a proxy
+    # forwards them. A socket closed with them unread would answer with a reset, which the proxy logs as an error.
+    assert not socket_closed(ws), "the socket waits for the client to end its side"
+    theirs.sendall(frame("41") + frame("1"))
+    theirs.shutdown(socket.SHUT_WR)
+    wait_until(lambda: socket_closed(ws), "the gateway closed once the client ended its side")
+    assert theirs.recv(100) == b"", "an end of stream, not a reset"
+    theirs.close()
+
+
+def test_a_client_that_keeps_its_side_open_after_the_close_is_not_waited_for(monkeypatch: Any) -> None:
+    monkeypatch.setattr("gateway.websocket.CLOSE_WAIT_SECONDS", 0.05)
+    ws, theirs = closed_handshake()
+    wait_until(lambda: socket_closed(ws), "closed within the close's bound")
+    theirs.close()
+
+
+def test_a_client_that_floods_after_the_close_is_cut_past_the_linger_bytes(monkeypatch: Any) -> None:
+    monkeypatch.setattr("gateway.websocket.CLOSE_WAIT_SECONDS", 600.0)  # only the bytes can end it in time
+    ws, theirs = closed_handshake()
+    junk = bytes(websocket.LINGER_BYTES // 8)
+    with gevent.Timeout(10):
+        while not socket_closed(ws):
+            try:
+                theirs.sendall(junk)
+            except OSError:  # the gateway closed with the rest unread: a reset, as it should be
+                break
+    wait_until(lambda: socket_closed(ws), "closed past LINGER_BYTES")
+    theirs.close()
+
+
+def test_a_client_that_ends_its_side_first_is_closed_at_once() -> None:
+    ws, receiver, theirs = started(tcp=True)
+    theirs.shutdown(socket.SHUT_WR)
+    wait_until(lambda: receiver.ends == 1, "the end of stream ended the reading")
+    wait_until(lambda: socket_closed(ws), "closed with no wait for anything more")
     theirs.close()
