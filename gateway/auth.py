@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from gateway import protocol
 from gateway.config import Config
 from gateway.errors import AuthError, Code, ConfigError
+from gateway.jwks import JwksKeys, Report, unreported
 
 #: Claims every token must carry.
 REQUIRED_CLAIMS = ("sub", "exp")
@@ -27,7 +28,7 @@ def _verification_key(config: Config) -> tuple[object, list[str]]:
     if config.jwt_secret is not None:
         return config.jwt_secret, ["HS256"]
     if config.jwt_public_key is None:
-        raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it or GATEWAY_JWT_PUBLIC_KEY")
+        raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWT_JWKS_URL")
     try:
         key = load_pem_public_key(config.jwt_public_key.encode())
     except ValueError as exc:
@@ -61,8 +62,12 @@ class TokenVerifier:
     seconds of clock skew.
     """
 
-    def __init__(self, config: Config) -> None:
-        self._key, self._algorithms = _verification_key(config)
+    def __init__(self, config: Config, report: Report = unreported) -> None:
+        #: the identity provider's published keys, when they come from a JWKS URL (fetched by a background task;
+        #: each fetch told to ``report``)
+        self.jwks = None if config.jwt_jwks_url is None else JwksKeys(
+            config.jwt_jwks_url, config.jwt_jwks_refresh, report)
+        self._key, self._algorithms = (None, []) if self.jwks is not None else _verification_key(config)
         self._audience = config.jwt_audience
         self._issuer = config.jwt_issuer
         self._leeway = config.jwt_leeway
@@ -79,10 +84,11 @@ class TokenVerifier:
             # A JWT is ASCII (base64url and dots); PyJWT would raise UnicodeEncodeError on a lone surrogate.
             raise AuthError(Code.INVALID_TOKEN, "not a JWT")
         try:
+            key, algorithms = self._key_for(token)
             claims = jwt.decode(
                 token,
-                self._key,  # type: ignore[arg-type]
-                algorithms=self._algorithms,
+                key,  # type: ignore[arg-type]
+                algorithms=algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
@@ -98,6 +104,18 @@ class TokenVerifier:
         except ValueError as exc:
             raise AuthError(Code.INVALID_TOKEN, str(exc)) from None
         return Identity(user, _seconds(claims.get("iat")), float(claims["exp"]))
+
+    def _key_for(self, token: str) -> tuple[object, list[str]]:
+        """The key that verifies ``token``, and the one algorithm it may be signed with."""
+        if self.jwks is None:
+            return self._key, self._algorithms
+        kid = jwt.get_unverified_header(token).get("kid")
+        found = self.jwks.find(kid)
+        if found is None:
+            why = "the identity provider's keys are not loaded yet" if not self.jwks.loaded else (
+                "the token names no key (kid)" if kid is None else f"no published key has kid {str(kid)[:64]!r}")
+            raise AuthError(Code.INVALID_TOKEN, why)
+        return found.key, [found.algorithm_name]
 
 
 def mint_token(config: Config, user: str | int, ttl_seconds: int = 3600) -> str:

@@ -26,6 +26,8 @@ TRANSPORTS = frozenset({"websocket", "polling"})
 KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Shortest HS256 secret accepted: the length of the SHA-256 output (RFC 7518 3.2).
 MIN_SECRET_BYTES = 32
+#: Hosts a JWKS may be fetched from over plain http: this machine's.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _text(value: str) -> str:
@@ -130,6 +132,17 @@ def _pem_file(path: str) -> str:
     return text
 
 
+def _jwks_url(value: str) -> str:
+    """An https URL; http only to this machine (a provider's agent on the loopback, the tests)."""
+    url = value.strip()
+    parts = urlparse(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an https:// URL, got {url!r}")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"must be https:// (http:// only to this machine), got {parts.scheme}://{parts.hostname}")
+    return url
+
+
 def _mask_password(url: str) -> str:
     """Hide a password given as ``user:password@`` or as a query argument (``password=``, ``sentinel_password=``)."""
     parsed = urlparse(url)
@@ -166,6 +179,12 @@ class Config:
     )
     jwt_public_key: str | None = setting(
         "GATEWAY_JWT_PUBLIC_KEY", _pem_file, "path to a PEM public key (RS256 or ES256)", default=None, repr=False
+    )
+    jwt_jwks_url: str | None = setting(
+        "GATEWAY_JWT_JWKS_URL", _jwks_url, "the identity provider's JWKS URL (RS256 and ES256 keys)", default=None
+    )
+    jwt_jwks_refresh: float = setting(
+        "GATEWAY_JWT_JWKS_REFRESH", _seconds(1, 86400), "seconds between two fetches of the JWKS", default=300.0
     )
     jwt_audience: str | None = setting("GATEWAY_JWT_AUDIENCE", _text, "required token audience", default=None)
     jwt_issuer: str | None = setting("GATEWAY_JWT_ISSUER", _text, "required token issuer", default=None)
@@ -252,16 +271,20 @@ class Config:
             )
         if self.ping_timeout < self.ping_interval / 10:
             raise ConfigError("GATEWAY_PING_TIMEOUT", "is too short for GATEWAY_PING_INTERVAL")
-        if self.jwt_secret is not None and self.jwt_public_key is not None:
-            raise ConfigError("GATEWAY_JWT_SECRET", "set only one of GATEWAY_JWT_SECRET and GATEWAY_JWT_PUBLIC_KEY")
+        keys = [name for name, value in (("GATEWAY_JWT_SECRET", self.jwt_secret),
+                                         ("GATEWAY_JWT_PUBLIC_KEY", self.jwt_public_key),
+                                         ("GATEWAY_JWT_JWKS_URL", self.jwt_jwks_url)) if value is not None]
+        if len(keys) > 1:
+            raise ConfigError(keys[-1], f"set only one of {' and '.join(keys)}")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError("GATEWAY_JWT_SECRET", f"must be at least {MIN_SECRET_BYTES} bytes for HS256")
         if not server:
             return
         if self.redis_url is None:
             raise ConfigError("GATEWAY_REDIS_URL", "is not set (make run starts a local Redis for you)")
-        if self.jwt_secret is None and self.jwt_public_key is None:
-            raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it or GATEWAY_JWT_PUBLIC_KEY")
+        if not keys:
+            raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it, GATEWAY_JWT_PUBLIC_KEY or "
+                              "GATEWAY_JWT_JWKS_URL")
 
     def describe(self) -> dict[str, str]:
         """The effective settings by variable, secrets masked."""

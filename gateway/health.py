@@ -13,7 +13,7 @@ from gateway import metrics
 log = logging.getLogger(__name__)
 
 #: A check returns ``None`` when ready, else the reason it is not: a short code
-#: (``redis_unavailable``, ``listener_down``, ``heartbeat_stale``).
+#: (``redis_unavailable``, ``listener_down``, ``heartbeat_stale``, ``jwks_unavailable``).
 Check = Callable[[], "str | None"]
 
 

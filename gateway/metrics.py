@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections import Counter as Counts
 from collections.abc import Callable, Iterator
 
@@ -59,6 +60,18 @@ PUBLISH_TO_SEND = Histogram(
 )
 EXPIRED = Counter(
     "gateway_sessions_expired_total", "Connections ended because their token ran out without a refresh."
+)
+JWKS_FETCHES = Counter(
+    "gateway_jwks_fetches_total", "Fetches of the identity provider's JWKS (GATEWAY_JWT_JWKS_URL), by result.",
+    ["result"],
+)
+JWKS_KEYS = Gauge(
+    "gateway_jwks_keys", "Signing keys a worker holds from the JWKS; the fewest of any worker.",
+    multiprocess_mode="livemin",
+)
+JWKS_FETCHED = Gauge(
+    "gateway_jwks_fetched_timestamp_seconds", "Unix time of a worker's last successful JWKS fetch; the oldest.",
+    multiprocess_mode="livemin",
 )
 TOKEN_REFRESHES = Counter("gateway_token_refreshes_total", "Tokens refreshed on a live connection.")
 KICKED = Counter(
@@ -172,3 +185,13 @@ def render(published: Callable[[], dict[str, int]]) -> tuple[bytes, str]:
     shared = CollectorRegistry()
     shared.register(PublishedCollector(published))
     return generate_latest(workers) + generate_latest(shared), CONTENT_TYPE_LATEST
+
+
+def jwks_fetched(keys: int | None) -> None:
+    """One fetch of the identity provider's JWKS: the keys it brought, None when it failed."""
+    if keys is None:
+        JWKS_FETCHES.labels(result="error").inc()
+        return
+    JWKS_FETCHES.labels(result="ok").inc()
+    JWKS_KEYS.set(keys)
+    JWKS_FETCHED.set(time.time())

@@ -104,6 +104,8 @@ class GatewayWorker:
         self.socketio.start_background_task(self.guard.run, self.stopping)
         self.socketio.start_background_task(self.heartbeat.run, self.stopping)
         self.socketio.start_background_task(self.gateway.control.lifetimes.run, self.stopping)
+        if self.gateway.verifier.jwks is not None:  # the identity provider's keys, fetched now and kept fresh
+            self.socketio.start_background_task(self.gateway.verifier.jwks.run, self.stopping)
         self.socketio.start_background_task(self._watch, alive)
         # Serve only once updates can flow; a Redis that is away delays no
         # more than this, and /readyz tells the load balancer meanwhile.

@@ -16,7 +16,7 @@ import redis
 from flask import Flask
 from flask_socketio import SocketIO
 
-from gateway import engine, health, logs, protocol
+from gateway import engine, health, logs, metrics, protocol
 from gateway.auth import TokenVerifier
 from gateway.config import Config
 from gateway.engine import EngineConnections, OutboundLimit
@@ -45,8 +45,9 @@ def create_app(config: Config | None = None) -> Flask:
     registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
     history = History(client, config.key_prefix)
     listener, manager, fanout = _fanout(config, client, history)
+    verifier = TokenVerifier(config, metrics.jwks_fetched)
     gateway = Gateway(
-        registry, history, fanout, listener, TokenVerifier(config), config.topics, config.max_connections_per_user,
+        registry, history, fanout, listener, verifier, config.topics, config.max_connections_per_user,
         refresh_lead=config.token_refresh_lead, leeway=config.jwt_leeway,
     )
     heartbeat = Heartbeat(
@@ -64,6 +65,8 @@ def create_app(config: Config | None = None) -> Flask:
     guard = SessionGuard(socketio.server, config.auth_timeout)
     guard.install()
     checks = [health.redis_answers(client.ping), _listener_check(listener), _lease_check(heartbeat)]
+    if verifier.jwks is not None:
+        checks.append(verifier.jwks.check)
     app.register_blueprint(health.blueprint(checks, registry.published))
     stopping = threading.Event()
     app.wsgi_app = ClientGoneMiddleware(Draining(app.wsgi_app, stopping))  # type: ignore[method-assign]

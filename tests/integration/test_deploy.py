@@ -328,7 +328,7 @@ def test_check_config_before_every_start_refuses_the_example_until_it_is_filled_
     shipped = run_as_service(unit, "ExecStartPre", env_example(), tmp_path)
     assert shipped.returncode != 0
     assert shipped.stderr.strip().splitlines() == [
-        "gateway: GATEWAY_JWT_SECRET: is not set: set it or GATEWAY_JWT_PUBLIC_KEY"
+        "gateway: GATEWAY_JWT_SECRET: is not set: set it, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWT_JWKS_URL"
     ]
     values = filled_in(redis_server.url, "check", tmp_path / "run")
     accepted = run_as_service(unit, "ExecStartPre", values, tmp_path)

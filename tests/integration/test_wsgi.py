@@ -54,7 +54,9 @@ def test_missing_token_key_names_the_variable(redis_server: RedisServer, tmp_pat
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
-    assert result.stderr.strip() == "gateway: GATEWAY_JWT_SECRET: is not set: set it or GATEWAY_JWT_PUBLIC_KEY"
+    assert result.stderr.strip() == (
+        "gateway: GATEWAY_JWT_SECRET: is not set: set it, GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWT_JWKS_URL"
+    )
 
 
 def test_polling_is_served_with_one_worker(start_gateway: Callable[..., GatewayProcess]) -> None:

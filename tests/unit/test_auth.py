@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -17,6 +18,7 @@ from jwt.utils import base64url_encode
 from gateway.auth import TokenVerifier, mint_token
 from gateway.config import Config
 from gateway.errors import AuthError, ConfigError
+from tests.identity_provider import IdentityProvider
 
 SECRET = "k" * 32
 OTHER_SECRET = "o" * 32
@@ -260,3 +262,67 @@ def test_a_tokens_identity_says_when_it_was_issued_when_the_token_does() -> None
     assert verifier.identity(hs256(claims(exp=exp))) == ("4", None, float(exp))
     user, issued, _ = verifier.identity(mint_token(hs256_config(), "7", 60))
     assert user == "7" and issued is not None and abs(issued - time.time()) < 5, "a minted token says when"
+
+
+# -- keys from the identity provider's JWKS URL ------------------------------
+
+
+@pytest.fixture
+def provider() -> Iterator[IdentityProvider]:
+    idp = IdentityProvider().start()
+    idp.key("rsa", "RS256")
+    idp.key("ec", "ES256")
+    idp.publish("rsa", "ec")
+    yield idp
+    idp.stop()
+
+
+def jwks_verifier(provider: IdentityProvider, **environ: str) -> TokenVerifier:
+    return TokenVerifier(Config.from_env({"GATEWAY_JWT_JWKS_URL": provider.url, **environ}, server=False))
+
+
+def test_provider_tokens_of_either_key_give_their_user(provider: IdentityProvider) -> None:
+    verifier = jwks_verifier(provider)
+    assert verifier.verify(provider.token("7", "rsa")) == "7"
+    assert verifier.verify(provider.token("8", "ec")) == "8"
+    assert provider.fetches == 1, "one fetch serves both"
+
+
+def test_a_token_is_verified_only_with_the_algorithm_of_the_key_it_names(provider: IdentityProvider) -> None:
+    verifier = jwks_verifier(provider)
+    # The key confusion: HS256 "signed" with the published RSA key as its secret, naming that key.
+    forged = ".".join(hs256_parts({"alg": "HS256", "kid": "rsa"}, claims(), provider.public_pem("rsa")))
+    assert reason_for(verifier, forged) == "invalid_token"
+    # An ES256 signature under the RSA key's name.
+    assert reason_for(verifier, provider.token("7", "ec", header_kid="rsa")) == "invalid_token"
+
+
+def hs256_parts(header: dict[str, object], payload: dict[str, object], key: bytes) -> list[str]:
+    head = base64url_encode(json.dumps(header).encode()).decode()
+    body = base64url_encode(json.dumps(payload).encode()).decode()
+    signature = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return [head, body, base64url_encode(signature).decode()]
+
+
+def test_provider_refusals_say_why(provider: IdentityProvider) -> None:
+    verifier = jwks_verifier(provider)
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(provider.token("7", "rsa", header_kid="unknown"))
+    assert caught.value.reason == "invalid_token" and "no published key has kid 'unknown'" in str(caught.value)
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(provider.token("7", None))
+    assert "names no key" in str(caught.value)
+    assert reason_for(verifier, "not.a.jwt") == "invalid_token"
+    assert reason_for(verifier, provider.token("7", "rsa", ttl=-60)) == "expired_token"
+    provider.failing = True
+    down = jwks_verifier(provider)
+    with pytest.raises(AuthError) as caught:
+        down.verify(provider.token("7", "rsa"))
+    assert "not loaded yet" in str(caught.value)
+
+
+def test_a_provider_token_without_a_secret_cannot_be_minted(provider: IdentityProvider) -> None:
+    config = Config.from_env({"GATEWAY_JWT_JWKS_URL": provider.url}, server=False)
+    with pytest.raises(ConfigError) as caught:
+        mint_token(config, "7")
+    assert caught.value.variable == "GATEWAY_JWT_SECRET"

@@ -97,6 +97,12 @@ BAD_VALUES = [
     ("GATEWAY_WORKERS", "1.5"),
     ("GATEWAY_JWT_SECRET", "   "),
     ("GATEWAY_JWT_PUBLIC_KEY", "/nonexistent/key.pem"),
+    ("GATEWAY_JWT_JWKS_URL", "ftp://idp.example.com/jwks.json"),
+    ("GATEWAY_JWT_JWKS_URL", "http://idp.example.com/jwks.json"),
+    ("GATEWAY_JWT_JWKS_URL", "https://"),
+    ("GATEWAY_JWT_JWKS_URL", "idp.example.com/jwks.json"),
+    ("GATEWAY_JWT_JWKS_REFRESH", "0"),
+    ("GATEWAY_JWT_JWKS_REFRESH", "soon"),
     ("GATEWAY_JWT_AUDIENCE", "   "),
     ("GATEWAY_JWT_ISSUER", "   "),
     ("GATEWAY_TOPICS", " , "),
@@ -290,3 +296,19 @@ def test_config_is_frozen() -> None:
 
 def test_secret_does_not_appear_in_repr() -> None:
     assert SECRET not in repr(load())
+
+
+@pytest.mark.parametrize("url", ["https://idp.example.com/.well-known/jwks.json", "http://127.0.0.1:9000/jwks",
+                                 "http://localhost/jwks", "http://[::1]:8080/jwks"])
+def test_a_jwks_url_is_https_or_plain_http_to_this_machine(url: str) -> None:
+    config = Config.from_env({"GATEWAY_REDIS_URL": "redis://h", "GATEWAY_JWT_JWKS_URL": url})
+    assert config.jwt_jwks_url == url and config.jwt_jwks_refresh == 300
+
+
+def test_a_jwks_url_with_another_key_is_refused_naming_it(public_pem: Path) -> None:
+    url = "https://idp.example.com/jwks.json"
+    error = refused({**SERVER_ENV, "GATEWAY_JWT_JWKS_URL": url})
+    assert error.variable == "GATEWAY_JWT_JWKS_URL" and "GATEWAY_JWT_SECRET" in str(error)
+    error = refused({"GATEWAY_REDIS_URL": "redis://h", "GATEWAY_JWT_PUBLIC_KEY": str(public_pem),
+                     "GATEWAY_JWT_JWKS_URL": url})
+    assert error.variable == "GATEWAY_JWT_JWKS_URL" and "GATEWAY_JWT_PUBLIC_KEY" in str(error)
