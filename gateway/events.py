@@ -262,7 +262,7 @@ class Gateway:
         joined = set(rooms(sid))
         held = [t for t in named if protocol.room_name(t, user) in joined]
         try:
-            self.registry.release(sid, named)
+            self.registry.release(sid, named, user=user)
         except RedisError:
             self._redis_fault.fault(user=user, sid=sid)
             return UNAVAILABLE.ack()

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from gateway.keys import Keys
 from gateway.protocol import text
 
 
@@ -65,15 +66,16 @@ class History:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
 
     def epoch(self) -> str:
         """The generation of Redis's data: set once, gone when Redis loses its data."""
-        key = f"{self.prefix}:epoch"
+        key = self.keys.epoch()
         self.redis.set(key, uuid.uuid4().hex, nx=True)
         return text(self.redis.get(key) or b"")
 
     def key(self, user: str, topic: str) -> str:
-        return f"{self.prefix}:hist:{user}:{topic}"
+        return self.keys.history(user, topic)
 
     def catchup(self, user: str, topic: str, since: int | None, current: int) -> Catchup:
         """What a client that holds ``since`` (None: nothing) must be sent."""

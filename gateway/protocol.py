@@ -68,16 +68,6 @@ def is_user_room(room: object, topics: Container[str]) -> bool:
     return topic in topics and USER_ID_RE.fullmatch(user) is not None
 
 
-def user_channel(prefix: str, user: str) -> str:
-    """The Redis channel of one user's updates: only workers holding the user listen."""
-    return f"{prefix}:u:{user}"
-
-
-def control_channel(prefix: str) -> str:
-    """The Redis channel every worker of every instance listens to for control messages (a kick)."""
-    return f"{prefix}:control"
-
-
 #: The head of a control message that closes every connection of one user: ``k1 <user>``.
 KICK_MARK = "k1 "
 

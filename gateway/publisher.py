@@ -47,17 +47,18 @@ class Publisher:
         if not url:
             raise ConfigError("GATEWAY_REDIS_URL", "is not set and no redis_url was given")
         self.redis = connect(url, name="gateway-publisher")
-        self.registry = Registry(self.redis, self.config.key_prefix)
+        self.registry = Registry(self.redis, self.config.key_prefix, topics=self.config.topics)
+        self.keys = self.registry.keys
         self._topics = frozenset(self.config.topics)
         self._publish = load_script(self.redis, "publish")
 
     def publish(self, user_id: str | int, topic: str, data: object) -> int:
         """Send ``data`` to ``user_id``'s subscribers of ``topic``; return its seq."""
-        args = self._arguments(user_id, topic, data)
+        keys, args = self._call(user_id, topic, data)
         try:
-            return int(self._publish(args=args))
+            return int(self._publish(keys, args))
         except RedisError as exc:
-            raise PublishError(f"update {topic} for user {args[1]} not published: {exc}") from exc
+            raise PublishError(f"update {topic} for user {protocol.user_id(user_id)} not published: {exc}") from exc
 
     def disconnect_user(self, user_id: str | int) -> int:
         """Close every live connection of ``user_id`` on every worker of every instance; return the workers told.
@@ -68,7 +69,7 @@ class Publisher:
         """
         message = protocol.kick_message(user_id)
         try:
-            return int(self.redis.publish(protocol.control_channel(self.config.key_prefix), message))
+            return int(self.redis.publish(self.keys.control(), message))
         except RedisError as exc:
             raise PublishError(f"user {protocol.user_id(user_id)} not kicked: {exc}") from exc
 
@@ -91,7 +92,7 @@ class Publisher:
         failed during the batch: the updates before the failure may have been
         published (each with its seq, in history), the others were not.
         """
-        batch = [self._arguments(user_id, topic, data) for user_id, topic, data in updates]
+        batch = [self._call(user_id, topic, data) for user_id, topic, data in updates]
         seqs: list[int | None] = [None] * len(batch)
         try:
             todo = list(range(len(batch)))
@@ -106,7 +107,7 @@ class Publisher:
         return [seq for seq in seqs if seq is not None]
 
     def _run_batch(
-        self, batch: list[list[str | int]], todo: list[int], seqs: list[int | None], *, load: bool
+        self, batch: list[tuple[list[str], list[str | int]]], todo: list[int], seqs: list[int | None], *, load: bool
     ) -> list[int]:
         """Run the publish script for the ``todo`` entries of ``batch`` in one round trip.
 
@@ -119,7 +120,8 @@ class Publisher:
             self._publish.sha = self.redis.script_load(self._publish.script)
         pipe = self.redis.pipeline(transaction=False)
         for index in todo:
-            pipe.evalsha(self._publish.sha, 0, *batch[index])
+            keys, args = batch[index]
+            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
         again = []
         for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(answer, NoScriptError):
@@ -149,15 +151,15 @@ class Publisher:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
-    def _arguments(self, user_id: str | int, topic: str, data: object) -> list[str | int]:
-        """The publish script's arguments for one update (see ``lua/publish.lua``)."""
+    def _call(self, user_id: str | int, topic: str, data: object) -> tuple[list[str], list[str | int]]:
+        """The publish script's keys and arguments for one update (see ``lua/publish.lua``)."""
         user = self._check(user_id, topic)
         envelope = protocol.update_envelope(
             topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data)
         )
-        return [
-            self.config.key_prefix, user, topic, protocol.user_channel(self.config.key_prefix, user),
-            envelope.payload_head, envelope.payload_tail, envelope.message_head,
+        keys = self.keys
+        return [keys.seq(user, topic), keys.history(user, topic), keys.published_of(user)], [
+            topic, keys.channel(user), envelope.payload_head, envelope.payload_tail, envelope.message_head,
             self.config.history_size, int(self.config.history_ttl * 1000),
         ]
 

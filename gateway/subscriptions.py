@@ -20,13 +20,15 @@ Guarantees:
 - When Redis is away, every call raises :class:`redis.exceptions.RedisError`
   after the client's retries; nothing is queued or silently dropped.
 
-Keys live under the configured prefix; the layout is documented in
-``lua/subscribe.lua``. Keys are built inside the scripts, so the registry
-runs on a single Redis (or Sentinel-managed) primary, not Redis Cluster.
+Keys live under the configured prefix, named by :class:`gateway.keys.Keys`
+and passed to each script in ``KEYS``; each script documents those it takes.
+A script still spans a user's keys and the worker's index, so the registry
+runs on a single Redis (or Sentinel-managed) primary, not yet Redis Cluster.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable
 from importlib import resources
@@ -35,6 +37,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
+from gateway.keys import Keys
 from gateway.logs import FaultOnce
 from gateway.protocol import as_set, text
 
@@ -55,13 +58,47 @@ def connection_id(worker_id: str, sid: str) -> str:
     return f"{worker_id}/{sid}"
 
 
+class ScriptCalls:
+    """The keys and arguments of each registry script (``gateway/lua``), named by :class:`gateway.keys.Keys`."""
+
+    def __init__(self, keys: Keys, topics: tuple[str, ...]) -> None:
+        self.keys = keys
+        #: the configured topics: a connection's release names their keys (any other it holds is found too)
+        self.topics = topics
+
+    def connect(self, worker: str, sid: str, user: str, limit: int,
+                issued_at: float | None) -> tuple[list[str], list[Any]]:
+        keys = self.keys
+        when = "" if issued_at is None else repr(float(issued_at))
+        return ([keys.worker(worker), keys.conns(user), keys.revoked(user)],
+                [connection_id(worker, sid), user, limit, when])
+
+    def subscribe(self, worker: str, sid: str, user: str, topics: list[str]) -> tuple[list[str], list[Any]]:
+        conn, keys = connection_id(worker, sid), self.keys
+        named = [keys.worker(worker), keys.conn(user, conn), keys.user_topics(user)]
+        for topic in topics:
+            named += [keys.subs(user, topic), keys.topic_of(user, topic), keys.seq(user, topic)]
+        return named, [conn, user, *topics]
+
+    def release(self, worker: str, sid: str, user: str, topics: list[str] | None) -> tuple[list[str], list[Any]]:
+        """``topics`` None: the connection ended, and every topic it holds goes."""
+        conn, keys = connection_id(worker, sid), self.keys
+        named = [keys.worker(worker), keys.conn(user, conn), keys.user_topics(user), keys.conns(user)]
+        given = self.topics if topics is None else tuple(topics)
+        for topic in given:
+            named += [keys.subs(user, topic), keys.topic_of(user, topic)]
+        return named, [conn, user, "1" if topics is None else "0", keys.base_of(user), *given]
+
+
 class Registry:
     """The Redis registry seen from one worker (``worker_id``) or a reader."""
 
-    def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "") -> None:
+    def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "", topics: Iterable[str] = ()) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.worker_id = worker_id
+        self.calls = ScriptCalls(self.keys, tuple(topics))
         self._connect = load_script(client, "connect")
         self._revoke = load_script(client, "revoke")
         self._subscribe = load_script(client, "subscribe")
@@ -69,9 +106,6 @@ class Registry:
         self._heartbeat = load_script(client, "heartbeat")
         self._expired = load_script(client, "expired")
         self._forget_worker = load_script(client, "forget_worker")
-
-    def key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
 
     # Writes: one script each, owned by this worker.
 
@@ -82,13 +116,11 @@ class Registry:
 
         ``limit`` 0: no limit. Recording a connection twice is harmless.
         """
-        conn = connection_id(self.worker_id, sid)
-        when = "" if issued_at is None else repr(float(issued_at))
-        return int(self._connect(args=[self.prefix, self.worker_id, conn, user, limit, when]))
+        return int(self._connect(*self.calls.connect(self.worker_id, sid, user, limit, issued_at)))
 
     def is_revoked(self, user: str, issued_at: float | None) -> bool:
         """Whether a token of ``user`` issued at ``issued_at`` (None: not known) is refused (:meth:`revoke`)."""
-        revoked = self.redis.get(self.key("revoked", user))
+        revoked = self.redis.get(self.keys.revoked(user))
         return revoked is not None and (issued_at is None or issued_at < float(revoked))
 
     def revoke(self, user: str, issued_before: float) -> float:
@@ -97,28 +129,35 @@ class Registry:
         Kept in Redis, so across gateway restarts. A revocation is never
         undone: asking for an earlier time keeps the later one.
         """
-        return float(self._revoke(args=[self.prefix, user, repr(float(issued_before))]))
+        return float(self._revoke([self.keys.revoked(user)], [repr(float(issued_before))]))
 
     def subscribe(self, sid: str, user: str, topics: Iterable[str]) -> dict[str, int]:
         """Record ``topics`` for connection ``sid`` of ``user``; return each topic's current seq."""
         names = list(topics)
         if not names:
             return {}
-        conn = connection_id(self.worker_id, sid)
-        seqs = self._subscribe(args=[self.prefix, self.worker_id, conn, user, *names])
+        seqs = self._subscribe(*self.calls.subscribe(self.worker_id, sid, user, names))
         return dict(zip(names, (int(seq) for seq in seqs), strict=False))
 
-    def release(self, sid: str, topics: Iterable[str] | None = None, *, worker_id: str | None = None) -> list[str]:
-        """Remove ``topics`` of connection ``sid``; return those removed.
+    def release(self, sid: str, topics: Iterable[str] | None = None, *, user: str | None = None,
+                worker_id: str | None = None) -> list[str]:
+        """Remove ``topics`` of connection ``sid`` of ``user``; return those removed.
 
         ``topics`` None: the connection ended, and every record of it goes.
+        ``user`` None: read from the worker's index first (one more round trip).
         """
-        names = [] if topics is None else list(topics)
-        if topics is not None and not names:
+        names = None if topics is None else list(topics)
+        if names == []:
             return []
         owner = worker_id or self.worker_id
-        args = [self.prefix, owner, connection_id(owner, sid), *names]
-        return sorted(as_set(self._release(args=args)))
+        user = user if user is not None else self._user_of(owner, sid)
+        if user is None:
+            return []
+        return sorted(as_set(self._release(*self.calls.release(owner, sid, user, names))))
+
+    def _user_of(self, worker_id: str, sid: str) -> str | None:
+        user = self.redis.hget(self.keys.worker(worker_id), connection_id(worker_id, sid))
+        return None if user is None else text(user)
 
     def reassert(self, held: Iterable[tuple[str, str, Iterable[str]]], batch: int = 500) -> int:
         """Record again every ``(sid, user, topics)`` this worker holds; return how many.
@@ -130,11 +169,10 @@ class Registry:
         count = 0
         with self.redis.pipeline(transaction=False) as pipe:
             for sid, user, topics in held:
-                conn = connection_id(self.worker_id, sid)
-                self._connect(args=[self.prefix, self.worker_id, conn, user, 0], client=pipe)
+                self._connect(*self.calls.connect(self.worker_id, sid, user, 0, None), client=pipe)
                 names = list(topics)
                 if names:
-                    self._subscribe(args=[self.prefix, self.worker_id, conn, user, *names], client=pipe)
+                    self._subscribe(*self.calls.subscribe(self.worker_id, sid, user, names), client=pipe)
                 count += 1
                 if count % batch == 0:
                     pipe.execute()
@@ -145,36 +183,48 @@ class Registry:
 
     def beat(self, lease_seconds: float) -> bool:
         """Renew this worker's lease; ``True`` when it was new (re-assert)."""
-        return bool(self._heartbeat(args=[self.prefix, self.worker_id, int(lease_seconds * 1000)]))
+        return bool(self._heartbeat([self.keys.workers()], [self.worker_id, int(lease_seconds * 1000)]))
 
     def workers(self) -> dict[str, float]:
         """Every worker with a lease: id -> lease end (Unix seconds)."""
-        leases: list[Any] = self.redis.zrange(self.key("workers"), 0, -1, withscores=True)
+        leases: list[Any] = self.redis.zrange(self.keys.workers(), 0, -1, withscores=True)
         return {text(member): float(score) / 1000 for member, score in leases}
 
     def owners(self) -> set[str]:
         """Every worker that holds records, with or without a lease."""
-        start = len(self.key("worker", ""))
-        return {text(key)[start:] for key in self.redis.scan_iter(self.key("worker", "*"), count=1000)}
+        start = len(self.keys.worker(""))
+        return {text(key)[start:] for key in self.redis.scan_iter(self.keys.worker("*"), count=1000)}
 
     def expired(self) -> list[str]:
         """Workers whose lease ended."""
-        return sorted(as_set(self._expired(args=[self.prefix])))
+        return sorted(as_set(self._expired([self.keys.workers()])))
 
     def connections(self, worker_id: str) -> dict[str, str]:
         """The connections a worker holds records for: sid -> user."""
-        held = self.redis.hgetall(self.key("worker", worker_id))
+        held = self.redis.hgetall(self.keys.worker(worker_id))
         start = len(worker_id) + 1
         return {text(conn)[start:]: text(user) for conn, user in held.items()}
 
-    def release_all(self, sids: list[str]) -> None:
+    def release_all(self, sids: Iterable[str], users: dict[str, str | None] | None = None) -> None:
         """Remove every record of each closed connection of ``sids``, in one round trip.
 
-        Each connection is released by its own atomic script, as by :meth:`release`.
+        Each connection is released by its own atomic script, as by
+        :meth:`release`. ``users``: the user of each sid, where known; the
+        others are read from the worker's index first, in one more round trip.
         """
+        known = dict(users or {})
+        sids = list(sids)
+        unknown = [sid for sid in sids if known.get(sid) is None]
+        if unknown:
+            found = self.redis.hmget(self.keys.worker(self.worker_id),
+                                     [connection_id(self.worker_id, sid) for sid in unknown])
+            for sid, user in zip(unknown, found, strict=True):
+                known[sid] = None if user is None else text(user)
         with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
-                self._release(args=[self.prefix, self.worker_id, connection_id(self.worker_id, sid)], client=pipe)
+                user = known.get(sid)
+                if user is not None:
+                    self._release(*self.calls.release(self.worker_id, sid, user, None), client=pipe)
             pipe.execute()
 
     def drop_worker(self, worker_id: str, batch: int = 500) -> int:
@@ -188,32 +238,36 @@ class Registry:
         """
         held = self.connections(worker_id)
         with self.redis.pipeline(transaction=False) as pipe:
-            for count, sid in enumerate(held, 1):
-                self._release(args=[self.prefix, worker_id, connection_id(worker_id, sid)], client=pipe)
+            for count, (sid, user) in enumerate(held.items(), 1):
+                self._release(*self.calls.release(worker_id, sid, user, None), client=pipe)
                 if count % batch == 0:
                     pipe.execute()
             pipe.execute()
-        self._forget_worker(args=[self.prefix, worker_id])
+        self._forget_worker([self.keys.worker(worker_id), self.keys.workers()], [worker_id])
         return len(held)
 
     # Reads, for workers, publishers and operators.
 
     def published(self) -> dict[str, int]:
         """Updates published so far, by topic (counted by the publish script)."""
-        return {text(topic): int(count) for topic, count in self.redis.hgetall(self.key("published")).items()}
+        counts: dict[str, int] = {}
+        for key in self.keys.published():
+            for topic, count in self.redis.hgetall(key).items():
+                counts[text(topic)] = counts.get(text(topic), 0) + int(count)
+        return counts
 
     def is_subscribed(self, user: str, topic: str) -> bool:
-        return bool(self.redis.sismember(self.key("topic", topic), user))
+        return bool(self.redis.sismember(self.keys.topic_of(user, topic), user))
 
     def subscribers(self, topic: str) -> set[str]:
-        return as_set(self.redis.smembers(self.key("topic", topic)))
+        return set().union(*(as_set(self.redis.smembers(key)) for key in self.keys.topics(topic)))
 
     def user_connections(self, user: str) -> int:
         """Live connections of ``user`` on every worker (those counted at CONNECT)."""
-        return int(self.redis.scard(self.key("conns", user)))
+        return int(self.redis.scard(self.keys.conns(user)))
 
     def user_topics(self, user: str) -> set[str]:
-        return as_set(self.redis.smembers(self.key("user", user)))
+        return as_set(self.redis.smembers(self.keys.user_topics(user)))
 
 
 #: Closed connections released in one round trip at most.
@@ -235,40 +289,45 @@ class PendingReleases:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.pending: set[str] = set()
-        #: closed connections waiting for the release under way to finish
-        self.queued: list[str] = []
+        #: sid -> user of the releases Redis refused, retried at every heartbeat
+        self.pending: dict[str, str | None] = {}
+        #: closed connections waiting for the release under way to finish, with their users
+        self.queued: dict[str, str | None] = {}
         self._releasing = False
         self._fault = FaultOnce(log, "could not remove the records of closed connections")
 
-    def release(self, sid: str, **context: Any) -> None:
-        self.queued.append(sid)
+    def release(self, sid: str, user: str | None = None, **context: Any) -> None:
+        """Remove the records of closed connection ``sid`` of ``user`` (None: read from the worker's index)."""
+        self.queued[sid] = user
         if self._releasing:
             return  # the caller releasing now takes this one in its next round trip
         self._releasing = True
         try:
             while self.queued:
-                batch, self.queued = self.queued[:RELEASE_BATCH], self.queued[RELEASE_BATCH:]
+                batch = dict(itertools.islice(self.queued.items(), RELEASE_BATCH))
+                for done in batch:
+                    del self.queued[done]
                 try:
-                    self.registry.release_all(batch)
+                    self.registry.release_all(batch, batch)
                 except RedisError:
                     self.pending.update(batch)
-                    self._fault.fault(sid=sid, connections=len(batch), **context)
+                    self._fault.fault(sid=sid, connections=len(batch), user=user, **context)
                     continue
-                log.debug("connections closed, records released", extra={"connections": len(batch), **context})
+                log.debug("connections closed, records released",
+                          extra={"connections": len(batch), "user": user, **context})
         finally:
             self._releasing = False
 
     def retry(self) -> int:
         """Release again what failed before; return how many succeeded."""
         done = 0
-        for sid in list(self.pending):
+        for sid, user in list(self.pending.items()):
             try:
-                self.registry.release(sid)
+                self.registry.release(sid, user=user)
             except RedisError:
                 self._fault.fault(sid=sid)
                 return done
-            self.pending.discard(sid)
+            del self.pending[sid]
             done += 1
         self._fault.clear()
         return done

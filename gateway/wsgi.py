@@ -42,7 +42,7 @@ def create_app(config: Config | None = None) -> Flask:
     assert config.redis_url is not None  # validate() guarantees it
     redis_url = config.redis_url
     client = connect(redis_url, name="gateway-worker")
-    registry = Registry(client, config.key_prefix, worker_id=new_worker_id())
+    registry = Registry(client, config.key_prefix, worker_id=new_worker_id(), topics=config.topics)
     history = History(client, config.key_prefix)
     listener, manager, fanout = _fanout(config, client, history)
     verifier = TokenVerifier(config, metrics.jwks_fetched)
@@ -79,12 +79,13 @@ def create_app(config: Config | None = None) -> Flask:
 def _fanout(config: Config, client: redis.Redis, history: History) -> tuple[Listener, ClientManager, Fanout]:
     """The Redis listener, the client manager that reads it, and the fan-out that delivers what it reads."""
     assert config.redis_url is not None  # validate() guarantees it
+    keys = history.keys
     # The listener's own connection never retries inside redis-py: a lost
     # connection must reach the listener, which then replays what it missed.
     listener = Listener(
         partial(connect, config.redis_url, name="gateway-fanout", command_timeout=None, retries=0),
-        (protocol.QUEUE_CHANNEL, protocol.control_channel(config.key_prefix)),
-        partial(protocol.user_channel, config.key_prefix),
+        (protocol.QUEUE_CHANNEL, keys.control()),
+        keys.channel,
     )
     manager = ClientManager(protocol.QUEUE_CHANNEL, listener, client, QueueFilter(config.queue_methods, config.topics))
     connections = OutboundLimit(EngineConnections(manager), config.send_queue_limit)

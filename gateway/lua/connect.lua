@@ -1,24 +1,22 @@
 -- Record one live connection of a user, unless the user already has too many, atomically.
 --
--- ARGV[1] key prefix, ARGV[2] worker id, ARGV[3] connection id,
--- ARGV[4] user id, ARGV[5] most live connections per user (0: no limit),
--- ARGV[6] when the connection's token was issued (Unix seconds; empty: not known).
--- Keys (all under the prefix):
---   worker:<worker>  hash    connection -> user   (what a sweep walks)
---   conns:<user>     set     the user's live connections, on every worker
---   revoked:<user>   string  tokens of the user issued before this time are refused
+-- KEYS[1] worker:<worker>  hash    connection -> user   (what a sweep walks)
+-- KEYS[2] conns:<user>     set     the user's live connections, on every worker
+-- KEYS[3] revoked:<user>   string  tokens of the user issued before this time are refused
+-- ARGV[1] connection id, ARGV[2] user id, ARGV[3] most live connections per
+-- user (0: no limit), ARGV[4] when the connection's token was issued (Unix
+-- seconds; empty: not known).
 -- Returns 1 when the connection is recorded (or was already), 0 when the
 -- user is at the limit, -1 when its token is revoked: the connection must be
 -- refused.
-local p, worker, conn, user, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local revoked = tonumber(redis.call('GET', p .. ':revoked:' .. user))
-if revoked and (ARGV[6] == '' or tonumber(ARGV[6]) < revoked) then
+local conn, user, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local revoked = tonumber(redis.call('GET', KEYS[3]))
+if revoked and (ARGV[4] == '' or tonumber(ARGV[4]) < revoked) then
   return -1
 end
-local conns = p .. ':conns:' .. user
-if limit > 0 and redis.call('SISMEMBER', conns, conn) == 0 and redis.call('SCARD', conns) >= limit then
+if limit > 0 and redis.call('SISMEMBER', KEYS[2], conn) == 0 and redis.call('SCARD', KEYS[2]) >= limit then
   return 0
 end
-redis.call('SADD', conns, conn)
-redis.call('HSET', p .. ':worker:' .. worker, conn, user)
+redis.call('SADD', KEYS[2], conn)
+redis.call('HSET', KEYS[1], conn, user)
 return 1

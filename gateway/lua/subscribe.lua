@@ -1,23 +1,23 @@
 -- Add topics to one connection's subscriptions, atomically.
 --
--- ARGV[1] key prefix, ARGV[2] worker id, ARGV[3] connection id,
--- ARGV[4] user id, ARGV[5..] topics.
--- Keys (all under the prefix):
---   worker:<worker>      hash  connection -> user     (what a sweep walks)
---   conn:<conn>          set   topics of the connection
---   subs:<user>:<topic>  set   connections holding (user, topic)
---   topic:<topic>        set   users with at least one connection on topic
---   user:<user>          set   topics with at least one connection
+-- KEYS[1] worker:<worker>  hash  connection -> user     (what a sweep walks)
+-- KEYS[2] conn:<conn>      set   topics of the connection
+-- KEYS[3] user:<user>      set   topics with at least one connection
+-- then for the i-th topic, KEYS[3i + 1 .. 3i + 3]:
+--   subs:<user>:<topic>    set     connections holding (user, topic)
+--   topic:<topic>          set     users with at least one connection on topic
+--   seq:<user>:<topic>     string  the topic's last seq
+-- ARGV[1] connection id, ARGV[2] user id, ARGV[3..] topics.
 -- Returns the current seq of each topic, in ARGV order (0: never published).
-local p, worker, conn, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-redis.call('HSET', p .. ':worker:' .. worker, conn, user)
+local conn, user = ARGV[1], ARGV[2]
+redis.call('HSET', KEYS[1], conn, user)
 local seqs = {}
-for i = 5, #ARGV do
-  local topic = ARGV[i]
-  redis.call('SADD', p .. ':conn:' .. conn, topic)
-  redis.call('SADD', p .. ':subs:' .. user .. ':' .. topic, conn)
-  redis.call('SADD', p .. ':topic:' .. topic, user)
-  redis.call('SADD', p .. ':user:' .. user, topic)
-  seqs[#seqs + 1] = tonumber(redis.call('GET', p .. ':seq:' .. user .. ':' .. topic) or '0')
+for i = 3, #ARGV do
+  local topic, at = ARGV[i], 3 * (i - 2)
+  redis.call('SADD', KEYS[2], topic)
+  redis.call('SADD', KEYS[at + 1], conn)
+  redis.call('SADD', KEYS[at + 2], user)
+  redis.call('SADD', KEYS[3], topic)
+  seqs[#seqs + 1] = tonumber(redis.call('GET', KEYS[at + 3]) or '0')
 end
 return seqs

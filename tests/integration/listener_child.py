@@ -21,7 +21,7 @@ from gevent.fileobject import FileObjectThread  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 
 from gateway import listener as listener_module  # noqa: E402
-from gateway import protocol  # noqa: E402
+from gateway.keys import Keys  # noqa: E402
 from gateway.listener import Listener  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> None:
         listener_module.HEALTH_CHECK_INTERVAL = float(sys.argv[3])
         listener_module.DEAD_SECONDS = 3 * float(sys.argv[3])
     listener = Listener(lambda: redis.Redis.from_url(url, socket_timeout=5), ("flask-socketio",),
-                        lambda user: protocol.user_channel(prefix, user))
+                        Keys(prefix).channel)
     running = gevent.spawn(listen, listener, Recorder())
     for line in FileObjectThread(sys.stdin):
         command, _, argument = line.strip().partition(" ")

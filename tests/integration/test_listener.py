@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gateway import protocol
+from gateway.keys import Keys
 from tests.integration.support import REPO, RedisServer, wait_for
 
 
@@ -85,7 +85,7 @@ def test_a_watched_users_updates_arrive_once_redis_confirmed_the_channel(child: 
     child.send("watch 4")
     assert child.next() == {"watched": "4"}
     redis = own_redis.client()
-    channel = protocol.user_channel(prefix_of(child), "4")
+    channel = Keys(prefix_of(child)).channel("4")
     assert redis.pubsub_numsub(channel)[0][1] == 1
     redis.publish(channel, "u1 balance 4 1.0 1\n{}")
     assert child.next() == {"message": "u1 balance 4 1.0 1\n{}"}
@@ -96,7 +96,7 @@ def test_a_watched_users_updates_arrive_once_redis_confirmed_the_channel(child: 
 def test_a_channel_is_kept_until_its_last_watcher_leaves(child: Child, own_redis: RedisServer) -> None:
     child.next()
     redis = own_redis.client()
-    channel = protocol.user_channel(prefix_of(child), "4")
+    channel = Keys(prefix_of(child)).channel("4")
     for command in ("watch 4", "watch 4", "unwatch 4"):
         child.send(command)
         child.next()
@@ -116,7 +116,7 @@ def test_after_a_redis_restart_every_channel_is_back_before_reading_on(child: Ch
     own_redis.start()
     assert child.until({"connect": True}, 20)[-1] == {"connect": True}
     redis = own_redis.client()
-    channel = protocol.user_channel(prefix_of(child), "4")
+    channel = Keys(prefix_of(child)).channel("4")
     assert redis.pubsub_numsub(channel)[0][1] == 1 and redis.pubsub_numsub("flask-socketio")[0][1] == 1
     redis.publish(channel, "after the restart")
     assert child.next() == {"message": "after the restart"}
@@ -134,7 +134,7 @@ def test_a_watch_while_redis_is_away_raises_and_is_given_back(child: Child, own_
     child.next()
     child.send("watch 6")  # confirmed on the same connection: the unsubscribe went before it
     assert child.next() == {"watched": "6"}
-    assert own_redis.client().pubsub_numsub(protocol.user_channel(prefix_of(child), "4"))[0][1] == 0
+    assert own_redis.client().pubsub_numsub(Keys(prefix_of(child)).channel("4"))[0][1] == 0
 
 
 def test_stop_ends_the_listener(child: Child) -> None:
@@ -163,7 +163,7 @@ def test_an_idle_connection_is_kept_alive_by_its_health_checks(quick_health: Chi
     pings = lambda: int(redis.info("commandstats").get("cmdstat_ping", {}).get("calls", 0))  # noqa: E731
     before = pings()
     wait_for(lambda: pings() >= before + 4, 10 * HEALTH_SECONDS * 4, "health-check PINGs from the listener")
-    redis.publish(protocol.user_channel(prefix_of(quick_health), "4"), "still here")
+    redis.publish(Keys(prefix_of(quick_health)).channel("4"), "still here")
     assert quick_health.next() == {"message": "still here"}, "answered PINGs: the connection was never given up"
 
 
@@ -182,7 +182,7 @@ def test_a_redis_that_stops_answering_is_left_and_found_again(quick_health: Chil
         own_redis.process.send_signal(signal.SIGCONT)
     assert quick_health.until({"connect": True}, 30)[-1] == {"connect": True}
     redis = own_redis.client()
-    redis.publish(protocol.user_channel(prefix_of(quick_health), "4"), "found again")
+    redis.publish(Keys(prefix_of(quick_health)).channel("4"), "found again")
     assert quick_health.next() == {"message": "found again"}
 
 

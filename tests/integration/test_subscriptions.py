@@ -191,21 +191,21 @@ def test_releases_asked_during_one_go_in_the_next_round_trip_and_failures_are_re
     trips: list[list[str]] = []
     release_all = registry.release_all
 
-    def counted(sids: list[str]) -> None:
+    def counted(sids: dict[str, str | None], users: dict[str, str | None]) -> None:
         trips.append(list(sids))
         if len(trips) == 1:  # while the first round trip is under way, four more connections close
             for n in range(1, 5):
-                releases.release(f"s{n}")
-        release_all(sids)
+                releases.release(f"s{n}", user="4" if n % 2 else None)  # the user known, or read from the index
+        release_all(sids, users)
 
     registry.release_all = counted  # type: ignore[method-assign]
     releases.release("s0")
     assert trips == [["s0"], ["s1", "s2", "s3", "s4"]]
-    assert registry.connections("w1") == {} and releases.queued == []
+    assert registry.connections("w1") == {} and releases.queued == {}
     unreachable = Registry(redis.Redis(port=free_port(), socket_connect_timeout=0.2), prefix, "w1")
     failing = PendingReleases(unreachable)
-    failing.release("s9")
-    assert failing.pending == {"s9"} and failing.queued == []
+    failing.release("s9", user="4")
+    assert failing.pending == {"s9": "4"} and failing.queued == {}
 
 
 def test_a_revocation_refuses_older_tokens_and_is_never_undone(redis_client: redis.Redis, prefix: str) -> None:
@@ -219,3 +219,21 @@ def test_a_revocation_refuses_older_tokens_and_is_never_undone(redis_client: red
     assert registry.connect("s4", "bob", issued_at=1.0) == ADMITTED, "another user is untouched"
     assert set(registry.connections("w1")) == {"s0", "s3", "s4"}, "nothing recorded for a refused token"
     assert registry.connect("s5", "alice", limit=2, issued_at=300.0) == AT_LIMIT
+
+
+def test_a_release_finds_topics_the_configuration_no_longer_names(redis_client: redis.Redis, prefix: str) -> None:
+    """A connection that subscribed before GATEWAY_TOPICS lost a topic still leaves nothing behind."""
+    Registry(redis_client, prefix, "w1", topics=TOPICS).subscribe("s1", "4", ["balance", "pnl"])
+    narrowed = Registry(redis_client, prefix, "w1", topics=["balance"])
+    assert narrowed.release("s1", user="4") == ["balance", "pnl"]
+    assert live_keys(redis_client, prefix) == set()
+
+
+def test_a_release_for_another_user_than_the_connections_changes_nothing(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    registry = Registry(redis_client, prefix, "w1", topics=TOPICS)
+    registry.subscribe("s1", "4", ["balance"])
+    assert registry.release("s1", user="5") == []
+    assert registry.subscribers("balance") == {"4"}
+    assert registry.release("s1", ["balance"], user="4") == ["balance"]
