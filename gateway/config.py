@@ -19,7 +19,9 @@ from gateway.protocol import DEFAULT_TOPICS, QUEUE_METHODS, parse_topics
 
 N = TypeVar("N", int, float)
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster"})
+#: Schemes of a Redis Cluster's seed nodes.
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRANSPORTS = frozenset({"websocket", "polling"})
 #: Key prefixes: they go into SCAN patterns, so no glob characters.
@@ -58,10 +60,35 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
 
 def _redis_url(value: str) -> str:
-    scheme = urlparse(value.strip()).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, got {scheme or 'none'!r}")
-    return value.strip()
+    url = value.strip()
+    parts = urlparse(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}, got {parts.scheme or 'none'!r}")
+    if parts.scheme in CLUSTER_SCHEMES:
+        cluster_nodes(url)
+    return url
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The seed nodes of a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL."""
+    parts = urlparse(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    if parts.path not in ("", "/", "/0") or parts.query:
+        raise ValueError("a Redis Cluster URL takes no database (always 0) and no options")
+    nodes = []
+    for node in hosts.split(","):
+        host, sep, port = node.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"every seed node must be HOST:PORT, got {node!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+def _partitions(value: str) -> int:
+    count = _whole(64, 16384)(value)
+    if count & (count - 1):
+        raise ValueError(f"must be a power of two from 64 to 16384, got {count}")
+    return count
 
 
 def _bind(value: str) -> str:
@@ -170,7 +197,13 @@ class Config:
     """The gateway's settings. Build with :meth:`from_env`; never mutated."""
 
     redis_url: str | None = setting(
-        "GATEWAY_REDIS_URL", _redis_url, "Redis URL: redis://, rediss://, unix:// or redis+sentinel://", default=None
+        "GATEWAY_REDIS_URL", _redis_url,
+        "Redis URL: redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://h1:p1,h2:p2", default=None
+    )
+    redis_partitions: int = setting(
+        "GATEWAY_REDIS_PARTITIONS", _partitions,
+        "partitions of users on Redis Cluster (a power of two, 64 to 16384); fixed once data is written",
+        default=1024,
     )
     bind: str = setting("GATEWAY_BIND", _bind, "gunicorn bind address", default="127.0.0.1:8000")
     workers: int = setting("GATEWAY_WORKERS", _whole(1, 256), "gunicorn worker processes", default_factory=_cpu_count)
@@ -278,13 +311,28 @@ class Config:
             raise ConfigError(keys[-1], f"set only one of {' and '.join(keys)}")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError("GATEWAY_JWT_SECRET", f"must be at least {MIN_SECRET_BYTES} bytes for HS256")
+        if self.cluster and ("{" in self.key_prefix or "}" in self.key_prefix):
+            raise ConfigError("GATEWAY_KEY_PREFIX", "must not contain { or } on Redis Cluster (they make hash tags)")
         if not server:
             return
+        if self.cluster:
+            raise ConfigError("GATEWAY_REDIS_URL", "Redis Cluster serves publishers and `gateway kick` in this "
+                              "version; run the gateway on a single Redis or Sentinel")
         if self.redis_url is None:
             raise ConfigError("GATEWAY_REDIS_URL", "is not set (make run starts a local Redis for you)")
         if not keys:
             raise ConfigError("GATEWAY_JWT_SECRET", "is not set: set it, GATEWAY_JWT_PUBLIC_KEY or "
                               "GATEWAY_JWT_JWKS_URL")
+
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a Redis Cluster (``redis+cluster://``)."""
+        return self.redis_url is not None and urlparse(self.redis_url).scheme in CLUSTER_SCHEMES
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of the key layout: ``GATEWAY_REDIS_PARTITIONS`` on a cluster, else one."""
+        return self.redis_partitions if self.cluster else 1
 
     def describe(self) -> dict[str, str]:
         """The effective settings by variable, secrets masked."""

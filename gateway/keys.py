@@ -157,6 +157,10 @@ class Keys:
         """string: the generation of Redis's data, set once, gone when Redis loses its data."""
         return f"{self.prefix}:epoch"
 
+    def layout(self) -> str:
+        """string: the partition count the data was laid out with (Redis Cluster only)."""
+        return f"{self.prefix}:layout"
+
     def control(self) -> str:
         """The channel of kicks, heard by every worker."""
         return f"{self.prefix}:control"

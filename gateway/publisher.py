@@ -28,12 +28,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from types import TracebackType
+from urllib.parse import urlparse
 
+import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import protocol
-from gateway.config import Config
+from gateway.config import CLUSTER_SCHEMES, Config
 from gateway.errors import ConfigError, PublishError
+from gateway.keys import Keys
 from gateway.redis_client import connect
 from gateway.subscriptions import Registry, load_script
 
@@ -47,8 +50,12 @@ class Publisher:
         if not url:
             raise ConfigError("GATEWAY_REDIS_URL", "is not set and no redis_url was given")
         self.redis = connect(url, name="gateway-publisher")
-        self.registry = Registry(self.redis, self.config.key_prefix, topics=self.config.topics)
+        partitions = self.config.redis_partitions if urlparse(url).scheme in CLUSTER_SCHEMES else 1
+        self.registry = Registry(self.redis, self.config.key_prefix, topics=self.config.topics,
+                                 partitions=partitions)
         self.keys = self.registry.keys
+        if partitions > 1:
+            check_layout(self.redis, self.keys)
         self._topics = frozenset(self.config.topics)
         self._publish = load_script(self.redis, "publish")
 
@@ -121,7 +128,8 @@ class Publisher:
         pipe = self.redis.pipeline(transaction=False)
         for index in todo:
             keys, args = batch[index]
-            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+            # execute_command, not evalsha: a cluster pipeline refuses evalsha, and routes this by its keys
+            pipe.execute_command("EVALSHA", self._publish.sha, len(keys), *keys, *args)
         again = []
         for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(answer, NoScriptError):
@@ -157,10 +165,14 @@ class Publisher:
         envelope = protocol.update_envelope(
             topic=topic, user=user, ts=time.time(), data_json=protocol.encode_data(data)
         )
-        keys = self.keys
-        return [keys.seq(user, topic), keys.history(user, topic), keys.published_of(user)], [
-            topic, keys.channel(user), envelope.payload_head, envelope.payload_tail, envelope.message_head,
-            self.config.history_size, int(self.config.history_ttl * 1000),
+        keys, channel = self.keys, self.keys.channel(user)
+        named = [keys.seq(user, topic), keys.history(user, topic), keys.published_of(user)]
+        sharded = keys.partitions > 1
+        if sharded:  # a shard channel is routed like a key; a plain one stays out of KEYS (and of key ACLs)
+            named.append(channel)
+        return named, [
+            topic, envelope.payload_head, envelope.payload_tail, envelope.message_head,
+            self.config.history_size, int(self.config.history_ttl * 1000), "" if sharded else channel,
         ]
 
     def _check_topic(self, topic: str) -> None:
@@ -170,3 +182,15 @@ class Publisher:
     def _check(self, user_id: str | int, topic: str) -> str:
         self._check_topic(topic)
         return protocol.user_id(user_id)
+
+
+def check_layout(client: redis.Redis, keys: Keys) -> None:
+    """Record the cluster's key layout (its partition count) the first time, and refuse another one after."""
+    try:
+        client.set(keys.layout(), keys.partitions, nx=True)
+        stored = client.get(keys.layout())
+    except RedisError as exc:
+        raise PublishError(f"the key layout could not be read: {exc}") from exc
+    if stored is not None and int(stored) != keys.partitions:
+        raise ConfigError("GATEWAY_REDIS_PARTITIONS", f"is {keys.partitions}, but the data on this Redis Cluster "
+                                                      f"is laid out in {int(stored)} partitions: set it to that")

@@ -93,10 +93,11 @@ class ScriptCalls:
 class Registry:
     """The Redis registry seen from one worker (``worker_id``) or a reader."""
 
-    def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "", topics: Iterable[str] = ()) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "", topics: Iterable[str] = (),
+                 partitions: int = 1) -> None:
         self.redis = client
         self.prefix = prefix
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, partitions)
         self.worker_id = worker_id
         self.calls = ScriptCalls(self.keys, tuple(topics))
         self._connect = load_script(client, "connect")
@@ -251,8 +252,8 @@ class Registry:
     def published(self) -> dict[str, int]:
         """Updates published so far, by topic (counted by the publish script)."""
         counts: dict[str, int] = {}
-        for key in self.keys.published():
-            for topic, count in self.redis.hgetall(key).items():
+        for shard in self._each(self.keys.published(), "HGETALL"):
+            for topic, count in shard.items():
                 counts[text(topic)] = counts.get(text(topic), 0) + int(count)
         return counts
 
@@ -260,7 +261,16 @@ class Registry:
         return bool(self.redis.sismember(self.keys.topic_of(user, topic), user))
 
     def subscribers(self, topic: str) -> set[str]:
-        return set().union(*(as_set(self.redis.smembers(key)) for key in self.keys.topics(topic)))
+        return set().union(*(as_set(shard) for shard in self._each(self.keys.topics(topic), "SMEMBERS")))
+
+    def _each(self, keys: list[str], command: str) -> list[Any]:
+        """``command`` on each of ``keys`` (one per partition), pipelined: one round trip per node."""
+        if len(keys) == 1:
+            return [self.redis.execute_command(command, keys[0])]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.execute_command(command, key)
+            return list(pipe.execute())
 
     def user_connections(self, user: str) -> int:
         """Live connections of ``user`` on every worker (those counted at CONNECT)."""

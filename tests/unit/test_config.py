@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.config import Config
+from gateway.config import Config, cluster_nodes
 from gateway.errors import ConfigError
 
 SECRET = "s" * 32
@@ -97,6 +97,12 @@ BAD_VALUES = [
     ("GATEWAY_WORKERS", "1.5"),
     ("GATEWAY_JWT_SECRET", "   "),
     ("GATEWAY_JWT_PUBLIC_KEY", "/nonexistent/key.pem"),
+    ("GATEWAY_REDIS_URL", "redis+cluster://"),
+    ("GATEWAY_REDIS_URL", "redis+cluster://h1:7000,h2"),
+    ("GATEWAY_REDIS_URL", "redis+cluster://h1:7000/3"),
+    ("GATEWAY_REDIS_PARTITIONS", "1000"),
+    ("GATEWAY_REDIS_PARTITIONS", "32"),
+    ("GATEWAY_REDIS_PARTITIONS", "32768"),
     ("GATEWAY_JWT_JWKS_URL", "ftp://idp.example.com/jwks.json"),
     ("GATEWAY_JWT_JWKS_URL", "http://idp.example.com/jwks.json"),
     ("GATEWAY_JWT_JWKS_URL", "https://"),
@@ -312,3 +318,22 @@ def test_a_jwks_url_with_another_key_is_refused_naming_it(public_pem: Path) -> N
     error = refused({"GATEWAY_REDIS_URL": "redis://h", "GATEWAY_JWT_PUBLIC_KEY": str(public_pem),
                      "GATEWAY_JWT_JWKS_URL": url})
     assert error.variable == "GATEWAY_JWT_JWKS_URL" and "GATEWAY_JWT_PUBLIC_KEY" in str(error)
+
+
+def test_a_cluster_url_names_its_seed_nodes_and_lays_keys_out_in_partitions() -> None:
+    url = "redis+cluster://gw:s3cret@10.0.0.21:7000,10.0.0.22:7000,[::1]:7001"
+    config = Config.from_env({"GATEWAY_REDIS_URL": url, "GATEWAY_REDIS_PARTITIONS": "256"}, server=False)
+    assert cluster_nodes(url) == [("10.0.0.21", 7000), ("10.0.0.22", 7000), ("::1", 7001)]
+    assert config.cluster and config.partitions == 256
+    assert "s3cret" not in config.describe()["GATEWAY_REDIS_URL"]
+    single = Config.from_env({"GATEWAY_REDIS_URL": "redis://h:6379/0", "GATEWAY_REDIS_PARTITIONS": "256"},
+                             server=False)
+    assert not single.cluster and single.partitions == 1
+
+
+def test_on_a_cluster_the_prefix_may_not_hold_braces_and_workers_are_not_served_yet() -> None:
+    url = "redis+cluster://h1:7000"
+    error = refused({"GATEWAY_REDIS_URL": url, "GATEWAY_KEY_PREFIX": "gw{1}"}, server=False)
+    assert error.variable == "GATEWAY_KEY_PREFIX"
+    error = refused({**SERVER_ENV, "GATEWAY_REDIS_URL": url})
+    assert error.variable == "GATEWAY_REDIS_URL" and "single Redis or Sentinel" in str(error)

@@ -16,8 +16,8 @@ def test_on_a_single_redis_every_name_is_the_prefix_and_its_parts() -> None:
         "gw:seq:4:pnl", "gw:hist:4:pnl", "gw:u:4", "gw:subs:4:pnl", "gw:user:4", "gw:conns:4", "gw:revoked:4",
         "gw:conn:w1/s1", "gw:topic:pnl", "gw:published", "gw:"]
     assert keys.topics("pnl") == ["gw:topic:pnl"] and keys.published() == ["gw:published"]
-    assert [keys.worker("w1"), keys.workers(), keys.epoch(), keys.control()] == [
-        "gw:worker:w1", "gw:workers", "gw:epoch", "gw:control"]
+    assert [keys.worker("w1"), keys.workers(), keys.epoch(), keys.control(), keys.layout()] == [
+        "gw:worker:w1", "gw:workers", "gw:epoch", "gw:control", "gw:layout"]
 
 
 @pytest.mark.parametrize("partitions", [64, 1024, 16384])
