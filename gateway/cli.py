@@ -91,7 +91,7 @@ def sweep(pid: int | None) -> None:
         raise ConfigError("GATEWAY_REDIS_URL", "is not set")
     client = connect(config.redis_url, name="gateway-sweep", command_timeout=2, retries=1)
     try:
-        registry = Registry(client, config.key_prefix, topics=config.topics)
+        registry = Registry(client, config.key_prefix, topics=config.topics, partitions=config.partitions)
         if pid is not None:
             removed = sweep_process(registry, pid)
             if removed:

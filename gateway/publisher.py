@@ -38,7 +38,7 @@ from gateway.config import CLUSTER_SCHEMES, Config
 from gateway.errors import ConfigError, PublishError
 from gateway.keys import Keys
 from gateway.redis_client import connect
-from gateway.subscriptions import Registry, load_script
+from gateway.subscriptions import Registry, load_script, run_pipelined
 
 
 class Publisher:
@@ -100,45 +100,13 @@ class Publisher:
         published (each with its seq, in history), the others were not.
         """
         batch = [self._call(user_id, topic, data) for user_id, topic, data in updates]
-        seqs: list[int | None] = [None] * len(batch)
         try:
-            todo = list(range(len(batch)))
-            for attempt in range(2):
-                todo = self._run_batch(batch, todo, seqs, load=attempt > 0)
-                if not todo:
-                    break
+            return [int(seq) for seq in run_pipelined(self.redis, self._publish, batch)]
+        except NoScriptError:
+            raise PublishError(
+                f"a batch of {len(batch)} updates was not fully published: Redis lost the script") from None
         except RedisError as exc:
             raise PublishError(f"a batch of {len(batch)} updates was not fully published: {exc}") from exc
-        if todo:
-            raise PublishError(f"a batch of {len(batch)} updates was not fully published: Redis lost the script")
-        return [seq for seq in seqs if seq is not None]
-
-    def _run_batch(
-        self, batch: list[tuple[list[str], list[str | int]]], todo: list[int], seqs: list[int | None], *, load: bool
-    ) -> list[int]:
-        """Run the publish script for the ``todo`` entries of ``batch`` in one round trip.
-
-        Plain EVALSHA: the script is loaded once per connection lifetime,
-        not checked before every batch. Entries Redis refused with NOSCRIPT
-        (it restarted, or its script cache was flushed) never ran, and are
-        returned to be run again after a ``load``.
-        """
-        if load:
-            self._publish.sha = self.redis.script_load(self._publish.script)
-        pipe = self.redis.pipeline(transaction=False)
-        for index in todo:
-            keys, args = batch[index]
-            # execute_command, not evalsha: a cluster pipeline refuses evalsha, and routes this by its keys
-            pipe.execute_command("EVALSHA", self._publish.sha, len(keys), *keys, *args)
-        again = []
-        for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(answer, NoScriptError):
-                again.append(index)
-            elif isinstance(answer, Exception):
-                raise answer
-            else:
-                seqs[index] = int(answer)
-        return again
 
     def is_subscribed(self, user_id: str | int, topic: str) -> bool:
         return self.registry.is_subscribed(self._check(user_id, topic), topic)

@@ -2,8 +2,9 @@
 
 Guarantees:
 
-- Every write is one Lua script (``gateway/lua``), so subscribe, unsubscribe
-  and release from any number of workers never interleave half-way.
+- Every write to a user's records is one Lua script (``gateway/lua``), so
+  subscribe, unsubscribe and release from any number of workers never
+  interleave half-way.
 - A (user, topic) is reported while at least one live connection holds it; a
   user on two devices keeps a topic until the last device leaves.
 - Records are owned by a worker (``worker:<id>`` lists its connections), so
@@ -22,26 +23,34 @@ Guarantees:
 
 Keys live under the configured prefix, named by :class:`gateway.keys.Keys`
 and passed to each script in ``KEYS``; each script documents those it takes.
-A script still spans a user's keys and the worker's index, so the registry
-runs on a single Redis (or Sentinel-managed) primary, not yet Redis Cluster.
+
+On Redis Cluster every per-user script runs on the node of the user's slot,
+and the worker's index (``worker:<id>``, a slot of its own) is written in a
+step of its own: before the connection's records (so a sweep always finds
+them) and removed after them. An index entry without records left by a
+crash between two steps is removed by the sweep like any other. A worker's
+lease is removed once its index is gone; a worker that registered in
+between loses its lease, and re-asserts its records at its next beat, as
+after any lost lease.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.keys import Keys
 from gateway.logs import FaultOnce
 from gateway.protocol import as_set, text
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def load_script(client: redis.Redis, name: str) -> redis.commands.core.Script:
@@ -59,35 +68,94 @@ def connection_id(worker_id: str, sid: str) -> str:
 
 
 class ScriptCalls:
-    """The keys and arguments of each registry script (``gateway/lua``), named by :class:`gateway.keys.Keys`."""
+    """The keys and arguments of each registry script (``gateway/lua``), named by :class:`gateway.keys.Keys`.
+
+    On a single Redis a script also writes the worker's index (its key is
+    given last); on Redis Cluster the index lives in a slot of its own, and
+    the :class:`Registry` writes it in a step of its own: before the
+    records, and removed after them.
+    """
 
     def __init__(self, keys: Keys, topics: tuple[str, ...]) -> None:
         self.keys = keys
         #: the configured topics: a connection's release names their keys (any other it holds is found too)
         self.topics = topics
+        self.indexed = keys.partitions == 1
+
+    def _index(self, worker: str) -> list[str]:
+        return [self.keys.worker(worker)] if self.indexed else []
 
     def connect(self, worker: str, sid: str, user: str, limit: int,
                 issued_at: float | None) -> tuple[list[str], list[Any]]:
         keys = self.keys
         when = "" if issued_at is None else repr(float(issued_at))
-        return ([keys.worker(worker), keys.conns(user), keys.revoked(user)],
+        return ([keys.conns(user), keys.revoked(user), *self._index(worker)],
                 [connection_id(worker, sid), user, limit, when])
 
     def subscribe(self, worker: str, sid: str, user: str, topics: list[str]) -> tuple[list[str], list[Any]]:
         conn, keys = connection_id(worker, sid), self.keys
-        named = [keys.worker(worker), keys.conn(user, conn), keys.user_topics(user)]
+        named = [keys.conn(user, conn), keys.user_topics(user)]
         for topic in topics:
             named += [keys.subs(user, topic), keys.topic_of(user, topic), keys.seq(user, topic)]
-        return named, [conn, user, *topics]
+        return [*named, *self._index(worker)], [conn, user, *topics]
 
     def release(self, worker: str, sid: str, user: str, topics: list[str] | None) -> tuple[list[str], list[Any]]:
         """``topics`` None: the connection ended, and every topic it holds goes."""
         conn, keys = connection_id(worker, sid), self.keys
-        named = [keys.worker(worker), keys.conn(user, conn), keys.user_topics(user), keys.conns(user)]
+        named = [keys.conn(user, conn), keys.user_topics(user), keys.conns(user)]
         given = self.topics if topics is None else tuple(topics)
         for topic in given:
             named += [keys.subs(user, topic), keys.topic_of(user, topic)]
-        return named, [conn, user, "1" if topics is None else "0", keys.base_of(user), *given]
+        return [*named, *self._index(worker)], [conn, user, "1" if topics is None else "0", keys.base_of(user),
+                                                 *given]
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def each_key(client: redis.Redis, keys: list[str], command: str) -> list[Any]:
+    """``command`` on each of ``keys`` (one per partition), pipelined: one round trip per node."""
+    if len(keys) == 1:
+        return [client.execute_command(command, keys[0])]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command(command, key)
+        return list(pipe.execute())
+
+
+def run_pipelined(client: redis.Redis, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """Run ``script`` for each ``(keys, args)`` of ``calls`` in one pipeline; return the answers, in order.
+
+    EVALSHA through ``execute_command``: a cluster pipeline refuses
+    ``evalsha`` itself, and routes this by its keys, one round trip per
+    node. Calls Redis refused with NOSCRIPT (it restarted, or its scripts
+    were flushed) never ran: the script is loaded and they run again, once.
+    """
+    answers: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        if attempt:
+            script.sha = client.script_load(script.script)
+        pipe = client.pipeline(transaction=False)
+        for index in todo:
+            keys, args = calls[index]
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        again = []
+        for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(answer, NoScriptError):
+                again.append(index)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                answers[index] = answer
+        todo = again
+        if not todo:
+            return answers
+    raise NoScriptError("Redis lost the script again while it ran")
 
 
 class Registry:
@@ -117,7 +185,15 @@ class Registry:
 
         ``limit`` 0: no limit. Recording a connection twice is harmless.
         """
-        return int(self._connect(*self.calls.connect(self.worker_id, sid, user, limit, issued_at)))
+        keys, args = self.calls.connect(self.worker_id, sid, user, limit, issued_at)
+        if self.calls.indexed:
+            return int(self._connect(keys, args))
+        index, conn = self.keys.worker(self.worker_id), connection_id(self.worker_id, sid)
+        self.redis.hset(index, conn, user)  # the index first: a sweep finds whatever follows
+        outcome = int(self._connect(keys, args))
+        if outcome != ADMITTED:
+            self.redis.hdel(index, conn)  # refused: nothing was recorded
+        return outcome
 
     def is_revoked(self, user: str, issued_at: float | None) -> bool:
         """Whether a token of ``user`` issued at ``issued_at`` (None: not known) is refused (:meth:`revoke`)."""
@@ -137,6 +213,8 @@ class Registry:
         names = list(topics)
         if not names:
             return {}
+        if not self.calls.indexed:  # the index first: a sweep finds whatever follows
+            self.redis.hset(self.keys.worker(self.worker_id), connection_id(self.worker_id, sid), user)
         seqs = self._subscribe(*self.calls.subscribe(self.worker_id, sid, user, names))
         return dict(zip(names, (int(seq) for seq in seqs), strict=False))
 
@@ -154,7 +232,10 @@ class Registry:
         user = user if user is not None else self._user_of(owner, sid)
         if user is None:
             return []
-        return sorted(as_set(self._release(*self.calls.release(owner, sid, user, names))))
+        removed = sorted(as_set(self._release(*self.calls.release(owner, sid, user, names))))
+        if names is None and not self.calls.indexed:  # the index last
+            self.redis.hdel(self.keys.worker(owner), connection_id(owner, sid))
+        return removed
 
     def _user_of(self, worker_id: str, sid: str) -> str | None:
         user = self.redis.hget(self.keys.worker(worker_id), connection_id(worker_id, sid))
@@ -167,17 +248,17 @@ class Registry:
         a sweep during a long stall). Pipelined ``batch`` connections at a
         time; the per-user limit is not applied to connections already live.
         """
-        count = 0
-        with self.redis.pipeline(transaction=False) as pipe:
-            for sid, user, topics in held:
-                self._connect(*self.calls.connect(self.worker_id, sid, user, 0, None), client=pipe)
-                names = list(topics)
-                if names:
-                    self._subscribe(*self.calls.subscribe(self.worker_id, sid, user, names), client=pipe)
-                count += 1
-                if count % batch == 0:
-                    pipe.execute()
-            pipe.execute()
+        count, worker = 0, self.worker_id
+        for chunk in chunks(held, batch):
+            rows = [(sid, user, list(topics)) for sid, user, topics in chunk]
+            if not self.calls.indexed:  # the index first
+                self.redis.hset(self.keys.worker(worker),
+                                mapping={connection_id(worker, sid): user for sid, user, _ in rows})
+            run_pipelined(self.redis, self._connect, [self.calls.connect(worker, sid, user, 0, None)
+                                                      for sid, user, _ in rows])
+            run_pipelined(self.redis, self._subscribe, [self.calls.subscribe(worker, sid, user, names)
+                                                        for sid, user, names in rows if names])
+            count += len(rows)
         return count
 
     # Leases and sweeping.
@@ -221,12 +302,13 @@ class Registry:
                                      [connection_id(self.worker_id, sid) for sid in unknown])
             for sid, user in zip(unknown, found, strict=True):
                 known[sid] = None if user is None else text(user)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                user = known.get(sid)
-                if user is not None:
-                    self._release(*self.calls.release(self.worker_id, sid, user, None), client=pipe)
-            pipe.execute()
+        self._release_whole(self.worker_id, [(sid, user) for sid in sids if (user := known.get(sid)) is not None])
+
+    def _release_whole(self, worker_id: str, held: list[tuple[str, str]]) -> None:
+        """Release every ``(sid, user)`` of ``worker_id`` whole, pipelined; on a cluster, the index last."""
+        run_pipelined(self.redis, self._release, [self.calls.release(worker_id, sid, user, None) for sid, user in held])
+        if held and not self.calls.indexed:
+            self.redis.hdel(self.keys.worker(worker_id), *(connection_id(worker_id, sid) for sid, _ in held))
 
     def drop_worker(self, worker_id: str, batch: int = 500) -> int:
         """Remove every record of ``worker_id``; return how many connections it held.
@@ -238,13 +320,13 @@ class Registry:
         round trips, not 10,000.
         """
         held = self.connections(worker_id)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for count, (sid, user) in enumerate(held.items(), 1):
-                self._release(*self.calls.release(worker_id, sid, user, None), client=pipe)
-                if count % batch == 0:
-                    pipe.execute()
-            pipe.execute()
-        self._forget_worker([self.keys.worker(worker_id), self.keys.workers()], [worker_id])
+        for chunk in chunks(held.items(), batch):
+            self._release_whole(worker_id, chunk)
+        index, leases = self.keys.worker(worker_id), self.keys.workers()
+        if self.calls.indexed:
+            self._forget_worker([index, leases], [worker_id])
+        elif not self.redis.exists(index):  # two slots: a worker that registered meanwhile beats again
+            self.redis.zrem(leases, worker_id)
         return len(held)
 
     # Reads, for workers, publishers and operators.
@@ -252,7 +334,7 @@ class Registry:
     def published(self) -> dict[str, int]:
         """Updates published so far, by topic (counted by the publish script)."""
         counts: dict[str, int] = {}
-        for shard in self._each(self.keys.published(), "HGETALL"):
+        for shard in each_key(self.redis, self.keys.published(), "HGETALL"):
             for topic, count in shard.items():
                 counts[text(topic)] = counts.get(text(topic), 0) + int(count)
         return counts
@@ -261,16 +343,7 @@ class Registry:
         return bool(self.redis.sismember(self.keys.topic_of(user, topic), user))
 
     def subscribers(self, topic: str) -> set[str]:
-        return set().union(*(as_set(shard) for shard in self._each(self.keys.topics(topic), "SMEMBERS")))
-
-    def _each(self, keys: list[str], command: str) -> list[Any]:
-        """``command`` on each of ``keys`` (one per partition), pipelined: one round trip per node."""
-        if len(keys) == 1:
-            return [self.redis.execute_command(command, keys[0])]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.execute_command(command, key)
-            return list(pipe.execute())
+        return set().union(*(as_set(shard) for shard in each_key(self.redis, self.keys.topics(topic), "SMEMBERS")))
 
     def user_connections(self, user: str) -> int:
         """Live connections of ``user`` on every worker (those counted at CONNECT)."""

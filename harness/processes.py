@@ -68,7 +68,7 @@ def connection_keys(client: redis.Redis, prefix: str) -> set[str]:
     kept = (b":seq:", b":hist:", b":revoked:")
     return {
         key.decode() for key in client.scan_iter(f"{prefix}:*")
-        if not any(part in key for part in kept) and not key.endswith((b":epoch", b":published"))
+        if not any(part in key for part in kept) and not key.endswith((b":epoch", b":published", b":layout"))
     }
 
 

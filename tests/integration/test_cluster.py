@@ -1,13 +1,16 @@
 """Redis Cluster: a real cluster of three primaries with a replica each, started once for the session.
 
 What runs on it in this version: the publisher (publish, batches, history,
-sharded pub/sub, revocations, kicks) and the key layout (one slot per user's
-keys, the layout recorded and checked).
+sharded pub/sub, revocations, kicks), the key layout (one slot per user's
+keys, the layout recorded and checked) and the registry (each per-user
+script on one node, the worker's index written first and removed last).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +23,12 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.keys import Keys
 from gateway.publisher import Publisher
+from gateway.subscriptions import ADMITTED, AT_LIMIT, REVOKED, Registry
 from harness.cluster import RedisClusterServers
-from tests.integration.support import unique_user, wait_for
+from tests.integration.support import connection_keys, unique_user, wait_for
 
 PARTITIONS = 1024
+TOPICS = ("balance", "positions", "pnl", "orders")
 
 
 @pytest.fixture(scope="session")
@@ -124,3 +129,129 @@ def test_the_partition_count_is_recorded_and_a_process_with_another_is_refused(
     with pytest.raises(ConfigError) as refused:
         publisher_on(redis_cluster, cluster_prefix, GATEWAY_REDIS_PARTITIONS="64")
     assert refused.value.variable == "GATEWAY_REDIS_PARTITIONS" and "1024" in str(refused.value)
+
+
+# The registry on the cluster: each per-user script on one node, the worker's index in steps of its own.
+
+
+def registry_on(cluster: RedisClusterServers, prefix: str, worker: str = "w1") -> Registry:
+    return Registry(cluster.client(), prefix, worker, topics=TOPICS, partitions=PARTITIONS)
+
+
+def cluster_keys(cluster: RedisClusterServers, prefix: str) -> set[str]:
+    """The connection and worker keys under ``prefix``, on every primary."""
+    return set().union(*(connection_keys(node.client(), prefix) for node in cluster.primaries()))
+
+
+def test_the_registry_records_and_releases_users_of_every_node(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    registry = registry_on(redis_cluster, cluster_prefix)
+    users = [unique_user() for _ in range(24)]
+    for n, user in enumerate(users):
+        assert registry.connect(f"s{n}", user, limit=5) == ADMITTED
+        assert registry.subscribe(f"s{n}", user, ["balance", "pnl"]) == {"balance": 0, "pnl": 0}
+    assert registry.subscribers("pnl") == set(users) and registry.is_subscribed(users[0], "balance")
+    assert registry.user_topics(users[1]) == {"balance", "pnl"} and registry.user_connections(users[1]) == 1
+    assert registry.connections("w1") == {f"s{n}": user for n, user in enumerate(users)}
+    assert registry.release("s0", ["pnl"], user=users[0]) == ["pnl"]
+    assert registry.user_topics(users[0]) == {"balance"}
+    assert registry.release("s1") == ["balance", "pnl"], "the user read from the worker's index"
+    registry.release_all([f"s{n}" for n in range(2, 24)], {f"s{n}": users[n] for n in range(2, 12)})
+    registry.release("s0", user=users[0])
+    assert registry.subscribers("pnl") == set() and cluster_keys(redis_cluster, cluster_prefix) == set()
+
+
+def test_the_per_user_limit_and_revocations_hold_across_workers_on_the_cluster(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    user = unique_user()
+    phone, laptop, tablet = (registry_on(redis_cluster, cluster_prefix, worker) for worker in ("w1", "w2", "w3"))
+    assert phone.connect("a", user, limit=2) == laptop.connect("b", user, limit=2) == ADMITTED
+    assert tablet.connect("c", user, limit=2) == AT_LIMIT
+    assert tablet.connections("w3") == {}, "a refused connection leaves no entry in its worker's index"
+    phone.revoke(user, time.time() + 1)
+    assert tablet.connect("d", user, issued_at=time.time()) == REVOKED and tablet.connections("w3") == {}
+    phone.release("a", user=user)
+    laptop.release("b", user=user)
+    assert cluster_keys(redis_cluster, cluster_prefix) == set()
+
+
+def test_a_dead_workers_records_and_lease_are_swept_on_the_cluster(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    dead, alive = (registry_on(redis_cluster, cluster_prefix, worker) for worker in ("dead", "alive"))
+    dead.beat(60)
+    for n in range(30):
+        dead.subscribe(f"s{n}", unique_user(), TOPICS[: 1 + n % 4])
+    survivor = unique_user()
+    alive.subscribe("x", survivor, ["orders"])
+    assert alive.drop_worker("dead", batch=7) == 30
+    assert "dead" not in alive.workers() and alive.owners() == {"alive"}
+    assert alive.subscribers("orders") == {survivor} and alive.subscribers("balance") == set()
+    alive.release("x", user=survivor)
+    assert cluster_keys(redis_cluster, cluster_prefix) == set()
+
+
+def test_a_worker_reasserts_its_records_and_pipelines_survive_lost_scripts_on_the_cluster(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    registry = registry_on(redis_cluster, cluster_prefix)
+    held = [(f"s{n}", unique_user(), ["balance", "orders"] if n % 2 else []) for n in range(20)]
+    for node in redis_cluster.primaries():
+        node.client().script_flush()
+    assert registry.reassert(held, batch=8) == 20
+    assert registry.subscribers("orders") == {user for _, user, topics in held if topics}
+    assert registry.connections("w1") == {sid: user for sid, user, _ in held}
+    for node in redis_cluster.primaries():
+        node.client().script_flush()
+    registry.release_all([sid for sid, _, _ in held], {sid: user for sid, user, _ in held})
+    assert cluster_keys(redis_cluster, cluster_prefix) == set()
+
+
+def test_concurrent_writes_from_six_workers_never_corrupt_the_records_on_the_cluster(
+    redis_cluster: RedisClusterServers, cluster_prefix: str
+) -> None:
+    """Invariant 5 on the cluster: the registry equals what the connections hold, after any interleaving."""
+    users = [unique_user() for _ in range(6)]
+    holdings: dict[tuple[str, str], tuple[str, set[str]]] = {}
+    lock = threading.Lock()
+
+    def churn(worker: str, seed: int) -> None:
+        registry = registry_on(redis_cluster, cluster_prefix, worker)
+        rng = random.Random(seed)
+        mine: dict[str, tuple[str, set[str]]] = {}
+        for _step in range(200):
+            sid = f"s{rng.randrange(8)}"
+            user, held = mine.get(sid, (rng.choice(users), set()))
+            action = rng.random()
+            if action < 0.5:
+                topics = set(rng.sample(TOPICS, rng.randint(1, 3)))
+                registry.subscribe(sid, user, sorted(topics))
+                mine[sid] = (user, held | topics)
+            elif action < 0.8 and held:
+                topics = set(rng.sample(sorted(held), 1))
+                registry.release(sid, sorted(topics), user=user)
+                mine[sid] = (user, held - topics)
+            else:
+                registry.release(sid, user=user if sid in mine else None)
+                mine.pop(sid, None)
+        with lock:
+            holdings.update({(worker, sid): held for sid, held in mine.items()})
+
+    threads = [threading.Thread(target=churn, args=(f"w{n}", n)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    expected: dict[str, set[str]] = {}
+    for user, topics in holdings.values():
+        expected.setdefault(user, set()).update(topics)
+    reader = registry_on(redis_cluster, cluster_prefix, "reader")
+    for user in users:
+        assert reader.user_topics(user) == expected.get(user, set()), user
+    for topic in TOPICS:
+        assert reader.subscribers(topic) == {user for user, topics in expected.items() if topic in topics}, topic
+    for worker in {worker for worker, _ in holdings}:
+        reader.drop_worker(worker)
+    assert cluster_keys(redis_cluster, cluster_prefix) == set()
