@@ -9,9 +9,8 @@ script on one node, the worker's index written first and removed last).
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import redis
 from redis.crc import key_slot
 
 from gateway.config import Config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, PublishError
 from gateway.keys import Keys
 from gateway.publisher import Publisher
 from gateway.subscriptions import ADMITTED, AT_LIMIT, REVOKED, Registry
 from harness.cluster import RedisClusterServers
-from tests.integration.support import connection_keys, unique_user, wait_for
+from tests.integration.support import REPO, churn, connection_keys, unique_user, wait_for
 
 PARTITIONS = 1024
 TOPICS = ("balance", "positions", "pnl", "orders")
@@ -214,44 +213,62 @@ def test_concurrent_writes_from_six_workers_never_corrupt_the_records_on_the_clu
 ) -> None:
     """Invariant 5 on the cluster: the registry equals what the connections hold, after any interleaving."""
     users = [unique_user() for _ in range(6)]
-    holdings: dict[tuple[str, str], tuple[str, set[str]]] = {}
-    lock = threading.Lock()
-
-    def churn(worker: str, seed: int) -> None:
-        registry = registry_on(redis_cluster, cluster_prefix, worker)
-        rng = random.Random(seed)
-        mine: dict[str, tuple[str, set[str]]] = {}
-        for _step in range(200):
-            sid = f"s{rng.randrange(8)}"
-            user, held = mine.get(sid, (rng.choice(users), set()))
-            action = rng.random()
-            if action < 0.5:
-                topics = set(rng.sample(TOPICS, rng.randint(1, 3)))
-                registry.subscribe(sid, user, sorted(topics))
-                mine[sid] = (user, held | topics)
-            elif action < 0.8 and held:
-                topics = set(rng.sample(sorted(held), 1))
-                registry.release(sid, sorted(topics), user=user)
-                mine[sid] = (user, held - topics)
-            else:
-                registry.release(sid, user=user if sid in mine else None)
-                mine.pop(sid, None)
-        with lock:
-            holdings.update({(worker, sid): held for sid, held in mine.items()})
-
-    threads = [threading.Thread(target=churn, args=(f"w{n}", n)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    expected: dict[str, set[str]] = {}
-    for user, topics in holdings.values():
-        expected.setdefault(user, set()).update(topics)
+    workers, expected = churn(lambda worker: registry_on(redis_cluster, cluster_prefix, worker), users, TOPICS,
+                              steps=200)
     reader = registry_on(redis_cluster, cluster_prefix, "reader")
     for user in users:
         assert reader.user_topics(user) == expected.get(user, set()), user
     for topic in TOPICS:
         assert reader.subscribers(topic) == {user for user, topics in expected.items() if topic in topics}, topic
-    for worker in {worker for worker, _ in holdings}:
+    for worker in workers:
         reader.drop_worker(worker)
     assert cluster_keys(redis_cluster, cluster_prefix) == set()
+
+
+# The Redis users of deploy/redis/users-cluster.acl, set on every node.
+
+
+CLUSTER_ACL_FILE = REPO / "deploy" / "redis" / "users-cluster.acl"
+
+
+@pytest.fixture
+def cluster_users(redis_cluster: RedisClusterServers, cluster_prefix: str) -> Iterator[dict[str, str]]:
+    """The shipped cluster users, with this test's key prefix, on every node: name -> URL."""
+    urls = {}
+    for line in CLUSTER_ACL_FILE.read_text().splitlines():
+        head, *selectors = line.split(" (")  # a selector, "(~key +command ...)", is one rule
+        _, name, *rules = head.split()
+        password = uuid.uuid4().hex
+        rules = [f">{password}" if rule.startswith(">") else rule for rule in rules] + [f"({s}" for s in selectors]
+        rules = [rule.replace("gw:", f"{cluster_prefix}:") for rule in rules]
+        for node in redis_cluster.nodes:
+            node.client().execute_command("ACL", "SETUSER", f"{cluster_prefix}-{name}", "reset", *rules)
+        urls[name] = redis_cluster.url.replace("://", f"://{cluster_prefix}-{name}:{password}@", 1)
+    yield urls
+    for node in redis_cluster.nodes:
+        for name in urls:
+            node.client().execute_command("ACL", "DELUSER", f"{cluster_prefix}-{name}")
+
+
+def test_a_publisher_and_the_control_user_work_as_the_shipped_cluster_users_and_no_further(
+    redis_cluster: RedisClusterServers, cluster_prefix: str, cluster_users: dict[str, str]
+) -> None:
+    users = [unique_user() for _ in range(9)]
+    with publisher_on(redis_cluster, cluster_prefix, GATEWAY_REDIS_URL=cluster_users["publisher"]) as publisher:
+        assert publisher.publish_many([(user, "pnl", {"n": 1}) for user in users]) == [1] * 9
+        assert publisher.publish(users[0], "pnl", {"n": 2}) == 2
+        assert publisher.subscribers("pnl") == set() and not publisher.is_subscribed(users[0], "pnl")
+        keys = publisher.keys
+        with pytest.raises(redis.exceptions.NoPermissionError):  # the registry is the gateway's
+            publisher.redis.sadd(keys.conns(users[0]), "w/forged")
+        with pytest.raises(redis.exceptions.NoPermissionError):  # history is read by the gateway only
+            publisher.redis.xrange(keys.history(users[0], "pnl"))
+        with pytest.raises(PublishError):  # a backend job cannot kick anyone
+            publisher.disconnect_user(users[0])
+        with pytest.raises(redis.exceptions.NoPermissionError):  # nor move a seq back (SET: the layout only)
+            publisher.redis.set(keys.seq(users[0], "pnl"), 0)
+    with publisher_on(redis_cluster, cluster_prefix, GATEWAY_REDIS_URL=cluster_users["control"]) as control:
+        assert control.revoke_tokens(users[0], issued_before=1.0) == 0  # no worker listens yet
+        assert control.registry.is_revoked(users[0], 0.5)
+        with pytest.raises(PublishError):
+            control.publish(users[0], "pnl", {})

@@ -6,7 +6,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
+import socketio
+from flask_socketio import SocketIO
 
 from gateway.publisher import Publisher
 from tests.integration.support import GatewayProcess, RedisServer, free_port, unique_user, wait_for
@@ -29,13 +32,21 @@ def test_sentinel_redis_url(
 ) -> None:
     sentinel = start_sentinel(redis_server, tmp_path)
     try:
-        gateway = start_gateway(redis_url=f"redis+sentinel://127.0.0.1:{sentinel.port}/0/gateway-test")
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/0/gateway-test"
+        gateway = start_gateway(redis_url=url)
         user = unique_user()
         client = gateway.client(user).connect()
         client.subscribe("orders")
         with Publisher(config=gateway.config) as publisher:
             publisher.publish(user, "orders", {"id": 1})
         assert client.wait_events("orders", 1)[0]["data"] == {"id": 1}
+        # A seed-style emit, as the README shows for Sentinel: Flask-SocketIO hands only redis:// and rediss://
+        # to python-socketio (anything else goes to Kombu), so the job uses python-socketio's RedisManager.
+        with pytest.raises(RuntimeError, match="Kombu"):
+            SocketIO(message_queue=url)
+        emitter = socketio.RedisManager(url, channel="flask-socketio", write_only=True)
+        emitter.emit("orders", {"id": 2}, room=f"orders_{user}", namespace="/")
+        assert client.wait_events("orders", 2)[1] == {"id": 2}
         client.close()
         assert gateway.stop() == 0
     finally:
