@@ -25,6 +25,7 @@ from tests.integration.support import (
     Client,
     GatewayProcess,
     metric,
+    refusal_of,
     unclean_lines,
     unique_user,
     wait_for,
@@ -365,15 +366,6 @@ def test_gateway_kick_from_the_command_line(gateway: GatewayProcess) -> None:
     refused = subprocess.run([sys.executable, "-m", "gateway.cli", "kick", "not a user"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "USER" in refused.stderr
-
-
-def refusal_of(gateway: GatewayProcess, token: str) -> str:
-    """The reason the gateway refuses ``token`` at CONNECT."""
-    client = Client(gateway.url, token)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        client.connect()
-    (refused,) = client.refused
-    return str(refused["reason"])
 
 
 def test_revoked_tokens_are_refused_across_a_restart_and_tokens_issued_later_are_not(

@@ -6,10 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-import socketio
 
 from tests.identity_provider import IdentityProvider
-from tests.integration.support import Client, GatewayProcess, metric, unclean_lines, unique_user, wait_for
+from tests.integration.support import (
+    Client,
+    GatewayProcess,
+    metric,
+    refusal_of,
+    unclean_lines,
+    unique_user,
+    wait_for,
+)
 
 StartGateway = Callable[..., GatewayProcess]
 FETCH_FAILED = "the identity provider's keys could not be fetched"
@@ -24,14 +31,6 @@ def provider() -> Iterator[IdentityProvider]:
 
 def with_jwks(start_gateway: StartGateway, provider: IdentityProvider, wait: bool = True, **env: str) -> GatewayProcess:
     return start_gateway(wait=wait, GATEWAY_JWT_SECRET="", GATEWAY_JWT_JWKS_URL=provider.url, **env)
-
-
-def refusal_of(gateway: GatewayProcess, token: str) -> str:
-    client = Client(gateway.url, token)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        client.connect()
-    (refused,) = client.refused
-    return str(refused["reason"])
 
 
 def connects(gateway: GatewayProcess, token: str, user: str) -> Client:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import random
-import threading
-
 import redis
 
 from gateway.subscriptions import ADMITTED, AT_LIMIT, REVOKED, PendingReleases, Registry
-from tests.integration.support import RedisServer, connection_keys, free_port
+from tests.integration.support import RedisServer, churn, connection_keys, free_port
 
 TOPICS = ("balance", "positions", "pnl", "orders")
 
@@ -69,48 +66,13 @@ def test_concurrent_writes_from_two_workers_never_corrupt_the_records(
 ) -> None:
     """Invariant 5: the registry equals what the connections hold, after any interleaving."""
     users = [str(n) for n in range(6)]
-    holdings: dict[tuple[str, str], dict[str, set[str]]] = {}
-    lock = threading.Lock()
-
-    def churn(worker: str, seed: int) -> None:
-        registry = Registry(redis_server.client(), prefix, worker)
-        rng = random.Random(seed)
-        mine: dict[str, tuple[str, set[str]]] = {}
-        for _step in range(400):
-            sid = f"s{rng.randrange(8)}"
-            user, held = mine.get(sid, (rng.choice(users), set()))
-            action = rng.random()
-            if action < 0.5:
-                topics = set(rng.sample(TOPICS, rng.randint(1, 3)))
-                registry.subscribe(sid, user, sorted(topics))
-                mine[sid] = (user, held | topics)
-            elif action < 0.8 and held:
-                topics = set(rng.sample(sorted(held), 1))
-                registry.release(sid, sorted(topics))
-                mine[sid] = (user, held - topics)
-            else:
-                registry.release(sid)
-                mine.pop(sid, None)
-        with lock:
-            for sid, (user, held) in mine.items():
-                holdings[(worker, sid)] = {"user": {user}, "topics": held}
-
-    threads = [threading.Thread(target=churn, args=(f"w{n}", n)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    expected: dict[str, set[str]] = {}
-    for held in holdings.values():
-        (user,) = held["user"]
-        for topic in held["topics"]:
-            expected.setdefault(user, set()).add(topic)
+    workers, expected = churn(lambda worker: Registry(redis_server.client(), prefix, worker), users, TOPICS)
     registry = Registry(redis_client, prefix)
     for user in users:
         assert registry.user_topics(user) == expected.get(user, set()), user
     for topic in TOPICS:
         assert registry.subscribers(topic) == {u for u, t in expected.items() if topic in t}, topic
-    for worker, _sid in holdings:
+    for worker in workers:
         registry.drop_worker(worker)
     assert live_keys(redis_client, prefix) == set()
 
