@@ -105,7 +105,7 @@ def dev_environment() -> dict[str, str]:
 
 
 def serve_demo(config: Config, base: str, gunicorn: subprocess.Popen[bytes], stopping: threading.Event) -> None:
-    """Publish demo updates and tell how to watch them, until ``stopping`` or gunicorn ends."""
+    """Publish demo updates (until ``stopping``) and tell how to watch them, while gunicorn runs."""
     publisher = threading.Thread(
         target=demo.run, args=(config,), kwargs={"users": 3, "interval": 1.0, "rounds": 0, "stop": stopping},
         daemon=True,
@@ -118,19 +118,35 @@ def serve_demo(config: Config, base: str, gunicorn: subprocess.Popen[bytes], sto
         base, config.workers, mint_token(config, 1, 24 * 3600) if config.jwt_secret else "(set GATEWAY_JWT_SECRET)",
         os.path.relpath(sys.executable), base,
     )
-    while not stopping.is_set() and gunicorn.poll() is None:
-        stopping.wait(0.5)
+    gunicorn.wait()  # until it ends, or a stop signal raises Stop here
+
+
+class Stop(Exception):
+    """SIGTERM or SIGINT arrived: the main thread unwinds, and stops what it started on its way out."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """The stop signals' handler. It raises rather than setting an event: a handler runs between two bytecodes
+    of the main thread, which may hold that very event's lock (inside ``Event.wait``), and ``Event.set`` would
+    then wait for it for ever."""
+    _ignore_stop_signals()  # once: the stop itself runs undisturbed
+    raise Stop(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def main() -> int:
     env = dev_environment()
     logs.configure(env.get("GATEWAY_LOG_LEVEL", "INFO").upper(), env.get("GATEWAY_LOG_FORMAT", "text").lower())
     stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started with it ignored
-        signal.signal(signum, lambda *_: stopping.set())
     redis_process = gunicorn = None
     with tempfile.TemporaryDirectory(prefix="gateway-run-") as folder:
         try:
+            for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started with it ignored
+                signal.signal(signum, _stop)
             if not env.get("GATEWAY_REDIS_URL"):
                 redis_process, env["GATEWAY_REDIS_URL"] = start_redis(Path(folder))
                 log.info("embedded redis-server at %s", env["GATEWAY_REDIS_URL"])
@@ -139,19 +155,20 @@ def main() -> int:
             gunicorn = subprocess.Popen(command, env=env, start_new_session=True)
             base = f"http://{config.bind}"
             wait_for(
-                lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None or stopping.is_set(),
+                lambda: ready(f"{base}/readyz") or gunicorn.poll() is not None,
                 START_SECONDS, "gateway",
             )
             if gunicorn.poll() is not None:
                 return gunicorn.returncode or 1
-            if stopping.is_set():
-                return 0
             serve_demo(config, base, gunicorn, stopping)
-            log.info("stopping")
+            log.info("stopping: gunicorn ended")
+        except Stop as signalled:
+            log.info("stopping (%s)", signalled)
         except (ConfigError, TimeoutError) as exc:
             log.error("%s", exc)
             return 1
         finally:
+            _ignore_stop_signals()
             stopping.set()
             stop(gunicorn)
             stop(redis_process)

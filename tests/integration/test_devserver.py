@@ -24,7 +24,13 @@ def sigterm(run: subprocess.Popen[bytes]) -> None:
     run.send_signal(signal.SIGTERM)
 
 
-@pytest.mark.parametrize("stop", [sigterm, ctrl_c])
+def sigterm_again_and_again(run: subprocess.Popen[bytes]) -> None:
+    """An impatient operator: each signal may land while the server waits on the lock a handler would take."""
+    for _ in range(5):
+        run.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", [sigterm, ctrl_c, sigterm_again_and_again])
 def test_make_run_serves_demo_updates_and_stops_cleanly(
     tmp_path: Path, stop: Callable[[subprocess.Popen[bytes]], None]
 ) -> None:
