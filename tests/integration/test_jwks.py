@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.identity_provider import IdentityProvider
+from harness.identity_provider import IdentityProvider
 from tests.integration.support import (
     Client,
     GatewayProcess,

@@ -18,7 +18,7 @@ from jwt.utils import base64url_encode
 from gateway.auth import TokenVerifier, mint_token
 from gateway.config import Config
 from gateway.errors import AuthError, ConfigError
-from tests.identity_provider import IdentityProvider
+from harness.identity_provider import IdentityProvider
 
 SECRET = "k" * 32
 OTHER_SECRET = "o" * 32

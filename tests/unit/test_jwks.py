@@ -10,7 +10,7 @@ import pytest
 
 from gateway import jwks
 from gateway.jwks import JwksKeys, shown
-from tests.identity_provider import IdentityProvider
+from harness.identity_provider import IdentityProvider
 
 
 @pytest.fixture

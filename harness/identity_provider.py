@@ -1,7 +1,8 @@
-"""An identity provider for the tests: its signing keys, and a JWKS endpoint on 127.0.0.1 that serves them.
+"""An identity provider for the tests and the benchmark: its signing keys, and a JWKS endpoint on 127.0.0.1.
 
-The endpoint runs in a thread of the test process; a test chooses which keys
-the set publishes, or makes the endpoint fail, and counts the fetches.
+The endpoint runs in a thread of the calling process; the caller chooses
+which keys the set publishes, or makes the endpoint fail, and counts the
+fetches.
 """
 
 from __future__ import annotations
