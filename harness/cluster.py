@@ -81,17 +81,22 @@ class RedisClusterServers:
         return "redis+cluster://" + ",".join(node.address for node in self.nodes[:3])
 
     def start(self) -> RedisClusterServers:
-        for node in self.nodes:
-            node.start()
-        for node in self.nodes:
-            wait_for(node.answers, 10, f"redis-server {node.address}")
-        created = subprocess.run(
-            ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert created.returncode == 0, created.stdout + created.stderr
-        wait_for(self.healthy, 30, "cluster_state:ok on every node, every replica in sync")
+        """Start every node and form the cluster; on any failure, stop the nodes started before raising."""
+        try:
+            for node in self.nodes:
+                node.start()
+            for node in self.nodes:
+                wait_for(node.answers, 10, f"redis-server {node.address}")
+            created = subprocess.run(
+                ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert created.returncode == 0, created.stdout + created.stderr
+            wait_for(self.healthy, 30, "cluster_state:ok on every node, every replica in sync")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def healthy(self) -> bool:
