@@ -226,6 +226,20 @@ def session_count(server: socketio.Server) -> int:
     return len(server.eio.sockets)
 
 
+def forget_closed(server: socketio.Server) -> int:
+    """Remove the sessions that closed from ``server``'s table; return how many.
+
+    python-engineio does the same in its service task, but only as that
+    task's slow walk reaches them (one session per ping timeout divided by
+    the number of sessions): a session closed before its WebSocket was ever
+    read would be held, and counted, for up to a minute.
+    """
+    closed = [sid for sid, session in list(server.eio.sockets.items()) if session.closed]
+    for sid in closed:
+        server.eio.sockets.pop(sid, None)
+    return len(closed)
+
+
 def close_session(server: socketio.Server, eio_sid: str) -> None:
     """End a session politely: what is queued, then Engine.IO's CLOSE, then the WebSocket close."""
     session = server.eio.sockets.get(eio_sid)

@@ -175,6 +175,7 @@ class SessionGuard:
         return len(expired)
 
     def report(self) -> None:
+        engine.forget_closed(self.server)
         metrics.SESSIONS.labels(state="engineio").set(engine.session_count(self.server))
         metrics.SESSIONS.labels(state="unauthenticated").set(len(self.unauthenticated))
         metrics.SESSIONS.labels(state="socketio").set(engine.socketio_session_count(self.server))

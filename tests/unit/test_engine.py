@@ -25,6 +25,7 @@ from gateway.engine import (
     Pinger,
     backlog,
     cut_every_session,
+    forget_closed,
     keep_slim_environs,
     send_directly,
 )
@@ -245,3 +246,14 @@ def test_a_sessions_environ_keeps_only_what_its_handlers_read_and_flask_still_bu
         assert flask.request.path == "/socket.io/" and flask.request.host == "gw.example"
     del server.environ["eio-1"]
     assert server.environ == {}
+
+
+def test_closed_sessions_are_forgotten_at_once_not_at_the_librarys_next_sweep() -> None:
+    server = socketio.Server(async_mode="threading", logger=False, engineio_logger=False)
+    sessions = {sid: eio_socket.Socket(server.eio, sid) for sid in ("open", "closed", "closing")}
+    sessions["closed"].closed = True
+    sessions["closing"].closing = True  # still closing: python-engineio's own sweep leaves it too
+    server.eio.sockets.update(sessions)
+    assert forget_closed(server) == 1
+    assert set(server.eio.sockets) == {"open", "closing"}
+    assert forget_closed(server) == 0
