@@ -65,7 +65,6 @@ class History:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
-        self.prefix = prefix
         self.keys = Keys(prefix)
 
     def epoch(self) -> str:

@@ -164,7 +164,6 @@ class Registry:
     def __init__(self, client: redis.Redis, prefix: str, worker_id: str = "", topics: Iterable[str] = (),
                  partitions: int = 1) -> None:
         self.redis = client
-        self.prefix = prefix
         self.keys = Keys(prefix, partitions)
         self.worker_id = worker_id
         self.calls = ScriptCalls(self.keys, tuple(topics))
